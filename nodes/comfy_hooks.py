@@ -1,0 +1,59 @@
+"""The only place that touches ComfyUI's own modules at import time, and only when they exist.
+
+* registers SafeCut's model folders with ``folder_paths`` (append, never overwrite: keeps
+  extra_model_paths.yaml entries) and points the engine's model finder at them;
+* makes ComfyUI's "Unload models" / ``POST /free`` also empty SafeCut's cache, by wrapping
+  ``comfy.model_management.unload_all_models`` (idempotent, signature-agnostic, never fatal).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+from ..safecut import modelfiles
+from ..safecut.cache import get_cache
+
+log = logging.getLogger("safecut")
+_MARK = "_safecut_wrapped"
+
+
+def install() -> bool:
+    try:
+        import folder_paths  # type: ignore
+    except ImportError:
+        return False  # not inside ComfyUI (tests, CLI)
+    register_folders(folder_paths)
+    wrap_unload()
+    return True
+
+
+def register_folders(folder_paths) -> None:
+    base = getattr(folder_paths, "models_dir", None)
+    for kind, names in modelfiles.FOLDERS.items():
+        for name in names:  # add_model_folder_path appends and de-duplicates
+            if base:
+                folder_paths.add_model_folder_path(name, os.path.join(base, name))
+    modelfiles.set_folder_provider(folder_paths.get_folder_paths)
+
+
+def wrap_unload() -> None:
+    try:
+        import comfy.model_management as mm  # type: ignore
+    except Exception as exc:
+        log.warning("SafeCut: comfy.model_management not available (%s); use the SafeCut Unload Models node", exc)
+        return
+    original = getattr(mm, "unload_all_models", None)
+    if original is None or getattr(original, _MARK, False):
+        return
+
+    @functools.wraps(original)
+    def unload_all_models(*args, **kwargs):
+        try:
+            get_cache().unload()
+        except Exception as exc:  # our cache must never break ComfyUI's own unload
+            log.warning("SafeCut: cache unload failed: %s", exc)
+        return original(*args, **kwargs)
+
+    setattr(unload_all_models, _MARK, True)
+    mm.unload_all_models = unload_all_models

@@ -1,0 +1,220 @@
+"""BEN2 background removal on ONNX Runtime.
+
+Input/output names, shapes and dtypes are read from the session (the published BEN2 ONNX declares a
+float16 output: it is cast to float32 before the min-max rescale, or the mask gets seams).
+Preprocessing (size, mean, std) is a registry property of the model file.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from . import modelfiles, providers
+from .cache import ModelKey, get_cache
+from .errors import BadInputError, SafeCutError
+from .registry import REGISTRY
+
+BACKGROUNDS = ["alpha", "white", "black", "custom"]
+DEFAULT_MODEL = "BEN2_Base.onnx"
+_DEFAULT_PRE = {"size": 1024, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+
+
+@dataclass
+class Ben2Model:
+    session: object
+    input_name: str
+    output_name: str
+    input_dtype: type
+    size: tuple[int, int]            # (H, W) the model takes
+    dynamic_batch: bool
+    mean: np.ndarray
+    std: np.ndarray
+    device: providers.DeviceChoice
+    path: str
+
+    def close(self) -> None:
+        self.session = None          # ORT frees the session's memory when the last reference goes
+
+
+@dataclass
+class Ben2Run:
+    masks: list[np.ndarray]          # HxW float32 0..1 per input image, 1 = subject
+    device: providers.DeviceChoice
+    seconds: float
+    load_seconds: float
+
+
+def preprocess_params(model_path: str) -> dict:
+    spec = REGISTRY.get(os.path.basename(model_path))
+    out = dict(_DEFAULT_PRE)
+    if spec is not None:
+        out.update({k: spec.param(k) for k in ("size", "mean", "std") if spec.param(k) is not None})
+    return out
+
+
+def _optimized_cache_path(model_path: str) -> str | None:
+    """Where ORT's optimized graph for this model, ORT version and CPU is kept (cold-start saver)."""
+    if os.environ.get("SAFECUT_ORT_OPT_CACHE", "1") == "0":
+        return None
+    try:
+        import onnxruntime as ort
+
+        st = os.stat(model_path)
+        tag = f"{model_path}|{st.st_size}|{st.st_mtime_ns}|{ort.__version__}|{platform.machine()}|{platform.processor()}"
+    except (OSError, ImportError):
+        return None
+    root = os.environ.get("SAFECUT_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "safecut")
+    digest = hashlib.sha256(tag.encode()).hexdigest()[:20]
+    path = os.path.join(root, "ort-optimized", f"{os.path.splitext(os.path.basename(model_path))[0]}-{digest}.onnx")
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    except OSError:
+        return None
+    return path
+
+
+def load_model(path: str, device: str = "auto", threads: int = 0, *, strict: bool = False) -> Ben2Model:
+    sess, choice = providers.create_ort_session(path, device, threads=threads, strict=strict,
+                                                optimized_cache=_optimized_cache_path(path))
+    inputs, outputs = sess.get_inputs(), sess.get_outputs()
+    if len(inputs) != 1 or len(inputs[0].shape) != 4:
+        raise SafeCutError(f"'{os.path.basename(path)}' does not look like a BEN2 model: it needs one input "
+                           f"[N,3,H,W], it has {[(i.name, i.shape) for i in inputs]}.")
+    shape = inputs[0].shape
+    pre = preprocess_params(path)
+    h = shape[2] if isinstance(shape[2], int) and shape[2] > 0 else pre["size"]
+    w = shape[3] if isinstance(shape[3], int) and shape[3] > 0 else pre["size"]
+    dtype = np.float16 if "float16" in inputs[0].type else np.float32
+    return Ben2Model(sess, inputs[0].name, outputs[0].name, dtype, (int(h), int(w)),
+                     not (isinstance(shape[0], int) and shape[0] > 0),
+                     np.asarray(pre["mean"], np.float32).reshape(1, 3, 1, 1),
+                     np.asarray(pre["std"], np.float32).reshape(1, 3, 1, 1), choice, path)
+
+
+def _resize(arr: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of HxW or HxWxC float32 (PIL 'F' per channel: exact, no uint8 rounding)."""
+    from PIL import Image
+
+    h, w = size_hw
+    if arr.shape[:2] == (h, w):
+        return arr
+    if arr.ndim == 2:
+        return np.asarray(Image.fromarray(arr, mode="F").resize((w, h), Image.BILINEAR), np.float32)
+    return np.stack([_resize(np.ascontiguousarray(arr[..., c]), size_hw) for c in range(arr.shape[2])], -1)
+
+
+def preprocess(images: list[np.ndarray], model: Ben2Model) -> np.ndarray:
+    batch = np.stack([_resize(np.asarray(im, np.float32)[..., :3], model.size) for im in images])
+    x = batch.transpose(0, 3, 1, 2)
+    x = (x - model.mean) / model.std
+    return np.ascontiguousarray(x, dtype=model.input_dtype)
+
+
+def postprocess(raw: np.ndarray, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+    out = np.asarray(raw, np.float32)            # float16 output -> float32 before min-max
+    if out.ndim == 4:
+        out = out[:, 0]
+    masks = []
+    for m, hw in zip(out, sizes):
+        lo, hi = float(m.min()), float(m.max())
+        m = (m - lo) / (hi - lo) if hi - lo > 1e-6 else np.zeros_like(m)   # BEN2's own min-max rescale
+        masks.append(np.clip(_resize(np.ascontiguousarray(m), hw), 0.0, 1.0))
+    return masks
+
+
+def _check_image(i: int, im) -> tuple[int, int]:
+    a = np.asarray(im)
+    if a.ndim != 3 or a.shape[2] < 3 or a.shape[0] < 1 or a.shape[1] < 1:
+        raise BadInputError(f"image {i} has shape {a.shape}; BEN2 needs HxWx3 RGB images.")
+    return a.shape[0], a.shape[1]
+
+
+def run_model(model: Ben2Model, images: list[np.ndarray], batch_size: int = 0,
+              progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
+    sizes = [_check_image(i, im) for i, im in enumerate(images)]
+    step = max(1, batch_size or (4 if model.device.used == "CUDA" else 2)) if model.dynamic_batch else 1
+    masks: list[np.ndarray] = []
+    for s in range(0, len(images), step):
+        chunk = images[s:s + step]
+        raw = model.session.run([model.output_name], {model.input_name: preprocess(chunk, model)})[0]
+        masks += postprocess(raw, sizes[s:s + step])
+        if progress is not None:
+            progress(len(chunk))   # also where ComfyUI's interrupt is raised: between chunks
+    return masks
+
+
+def remove_background(images: list[np.ndarray], model: str = DEFAULT_MODEL, *, device: str = "auto",
+                      threads: int = 0, batch_size: int = 0, keep_loaded: bool = True, strict: bool = False,
+                      progress: Callable[[int], None] | None = None) -> Ben2Run:
+    path = modelfiles.resolve("ben2", model)
+    key = ModelKey("ben2", path, providers.normalize(device), "", providers.default_threads(threads))
+    cache = get_cache()
+    loads_before = cache.stats()["load_seconds"]
+    t0 = time.perf_counter()
+    with cache.use(key, lambda: load_model(path, device, threads, strict=strict), files=[path],
+                   keep_loaded=keep_loaded) as m:
+        masks = run_model(m, images, batch_size, progress)
+        choice = m.device
+    return Ben2Run(masks, choice, time.perf_counter() - t0, cache.stats()["load_seconds"] - loads_before)
+
+
+# ---- compositing -------------------------------------------------------------------------------
+def parse_color(text: str) -> tuple[float, float, float]:
+    t = (text or "").strip().lstrip("#")
+    try:
+        if len(t) == 6:
+            return tuple(int(t[i:i + 2], 16) / 255.0 for i in (0, 2, 4))  # type: ignore[return-value]
+        parts = [float(p) for p in t.replace(" ", "").split(",")]
+        if len(parts) == 3:
+            return tuple(p / 255.0 if max(parts) > 1 else p for p in parts)  # type: ignore[return-value]
+    except ValueError:
+        pass
+    raise BadInputError(f"background color '{text}' is not a color: use #RRGGBB or R,G,B (0-255).")
+
+
+def composite(image: np.ndarray, mask: np.ndarray, background: str = "alpha", color: str = "#00FF00"):
+    """Returns (rgb HxWx3 on the chosen background, rgba HxWx4 cutout)."""
+    rgb = np.asarray(image, np.float32)[..., :3]
+    a = mask[..., None].astype(np.float32)
+    rgba = np.concatenate([rgb, a], axis=-1)
+    if background == "alpha":
+        return rgb * a, rgba      # premultiplied on black for IMAGE; the true alpha travels in the MASK / RGBA
+    bg = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}.get(background) or parse_color(color)
+    return rgb * a + np.asarray(bg, np.float32) * (1.0 - a), rgba
+
+
+def _box_blur(x: np.ndarray, r: int) -> np.ndarray:
+    """Mean filter of radius r over H and W (integral images: O(1) per pixel), edges clamped."""
+    if r <= 0:
+        return x
+    out = x
+    for axis in (0, 1):
+        n = out.shape[axis]
+        pad = [(0, 0)] * out.ndim
+        pad[axis] = (r + 1, r)
+        c = np.cumsum(np.pad(out, pad, mode="edge"), axis=axis, dtype=np.float64)
+        hi = np.take(c, np.arange(2 * r + 1, 2 * r + 1 + n), axis=axis)
+        lo = np.take(c, np.arange(0, n), axis=axis)
+        out = ((hi - lo) / (2 * r + 1)).astype(np.float32)
+    return out
+
+
+def refine_foreground(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Foreground colour estimation by blur fusion (Forte & Pitié 2021, 'Approximate Fast Foreground
+    Colour Estimation'): removes background colour bleeding at soft edges. Two passes, r=90 then r=6."""
+    img = np.asarray(image, np.float32)[..., :3]
+    a = mask[..., None].astype(np.float32)
+    f, b = img, img
+    for r in (90, 6):
+        ba = _box_blur(a, r)
+        bf = _box_blur(f * a, r) / (ba + 1e-5)
+        bb = _box_blur(b * (1 - a), r) / ((1 - ba) + 1e-5)
+        f = np.clip(bf + a * (img - a * bf - (1 - a) * bb), 0.0, 1.0)
+        b = bb
+    return f

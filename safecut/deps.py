@@ -1,0 +1,33 @@
+"""Optional heavy dependencies, imported lazily with an actionable message when missing."""
+from __future__ import annotations
+
+import importlib
+
+from .errors import MissingDependencyError
+
+# module -> (pip package, what for, install line)
+_KNOWN = {
+    "onnxruntime": ("onnxruntime", "BEN2 background removal and NudeNet",
+                    "pip install onnxruntime   (or onnxruntime-gpu for CUDA; never both)"),
+    "torch": ("torch", "Florence-2 captions", "install PyTorch as ComfyUI's README says (SafeCut never installs torch)"),
+    "transformers": ("transformers", "Florence-2 captions", "pip install 'transformers>=4.56'"),
+    "llama_cpp": ("llama-cpp-python", "the Llama safety classifier",
+                  "pip install llama-cpp-python   (CUDA wheels: see SafeCut README, 'GPU install')"),
+    "huggingface_hub": ("huggingface_hub", "model downloads", "pip install huggingface_hub"),
+    "PIL": ("pillow", "image loading", "pip install pillow"),
+}
+
+
+def require(module: str):
+    """Import ``module`` or raise MissingDependencyError naming the pip package to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        pkg, purpose, install = _KNOWN.get(module, (module, "this feature", f"pip install {module}"))
+        raise MissingDependencyError(pkg, purpose, install) from exc
+
+
+def available(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None

@@ -1,0 +1,46 @@
+"""Errors a user can act on. Each message names the input and says what to do."""
+
+
+class SafeCutError(Exception):
+    """Base class: message is meant for the user as-is."""
+
+
+class MissingDependencyError(SafeCutError, ImportError):
+    def __init__(self, package: str, purpose: str, install: str):
+        self.package = package
+        super().__init__(
+            f"SafeCut needs the Python package '{package}' for {purpose}, and it is not installed. "
+            f"Install it into the Python that runs ComfyUI: {install}"
+        )
+
+
+class ModelNotFoundError(SafeCutError, FileNotFoundError):
+    def __init__(self, filename: str, folders, fetch_command: str | None, hint: str = ""):
+        self.filename = filename
+        self.folders = list(folders)
+        self.fetch_command = fetch_command
+        where = "\n".join(f"  - {f}" for f in self.folders) or "  (no model folder is configured)"
+        msg = f"Model file '{filename}' was not found. Searched:\n{where}\n"
+        if hint:
+            msg += hint.rstrip() + "\n"
+        if fetch_command:
+            msg += f"Fetch it with: {fetch_command}"
+        else:
+            msg += "Place the file in one of the folders above."
+        super().__init__(msg)
+
+
+class ChecksumError(SafeCutError):
+    def __init__(self, path, expected: str, actual: str):
+        super().__init__(
+            f"Model file '{path}' is damaged or not the expected file: sha256 {actual[:16]}… "
+            f"does not match the registry's {expected[:16]}…. Delete it and fetch it again."
+        )
+
+
+class DeviceUnavailableError(SafeCutError, RuntimeError):
+    pass
+
+
+class BadInputError(SafeCutError, ValueError):
+    pass

@@ -1,0 +1,232 @@
+"""Where model files live, how they are found, and how they are fetched (checksum-verified).
+
+Inside ComfyUI the adapter layer registers SafeCut's folders with ``folder_paths`` and installs a
+folder provider here (``set_folder_provider``), so ``extra_model_paths.yaml`` works. Outside ComfyUI
+(CLI, tests) the root is ``SAFECUT_MODELS_DIR`` (default ``./models``).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from typing import Callable
+
+from .errors import ChecksumError, ModelNotFoundError, SafeCutError
+from .registry import REGISTRY, ModelSpec, RemoteFile
+
+log = logging.getLogger("safecut.models")
+
+# kind -> ComfyUI model-folder names; downloads go to the first one.
+FOLDERS: dict[str, list[str]] = {
+    "ben2": ["ben2", "ben2_onnx"],
+    "florence2": ["florence2", "LLM"],
+    "llm": ["LLM", "llm_gguf"],
+    "nudenet": ["nudenet"],
+}
+EXTENSIONS: dict[str, tuple[str, ...]] = {"ben2": (".onnx",), "llm": (".gguf",), "nudenet": (".onnx",)}
+# florence2 models are directories holding config.json (the HF layout)
+
+_folder_provider: Callable[[str], list[str]] | None = None
+_verified: dict[tuple, bool] = {}
+_download_lock = threading.Lock()
+
+
+def set_folder_provider(fn: Callable[[str], list[str]] | None) -> None:
+    """fn(folder_name) -> list of directories (ComfyUI: folder_paths.get_folder_paths)."""
+    global _folder_provider
+    _folder_provider = fn
+
+
+def models_root() -> str:
+    return os.path.abspath(os.environ.get("SAFECUT_MODELS_DIR") or os.path.join(os.getcwd(), "models"))
+
+
+def search_dirs(kind: str) -> list[str]:
+    dirs: list[str] = []
+    for folder in FOLDERS[kind]:
+        found = None
+        if _folder_provider is not None:
+            try:
+                found = list(_folder_provider(folder))
+            except Exception:
+                found = None
+        if found is None:
+            found = [os.path.join(models_root(), folder)]
+        for d in found:
+            d = os.path.abspath(d)
+            if d not in dirs:
+                dirs.append(d)
+    return dirs
+
+
+def _is_model(kind: str, path: str) -> bool:
+    if kind == "florence2":
+        return os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json"))
+    return os.path.isfile(path) and path.lower().endswith(EXTENSIONS[kind])
+
+
+def list_models(kind: str) -> list[str]:
+    """Names (relative to their folder, '/'-separated) of the models of ``kind`` found on disk."""
+    names: list[str] = []
+    for root in search_dirs(kind):
+        if not os.path.isdir(root):
+            continue
+        if kind == "florence2":
+            for name in sorted(os.listdir(root)):
+                if _is_model(kind, os.path.join(root, name)) and name not in names:
+                    names.append(name)
+            continue
+        for dirpath, _dirs, files in os.walk(root, followlinks=True):
+            for f in sorted(files):
+                full = os.path.join(dirpath, f)
+                if _is_model(kind, full):
+                    rel = os.path.relpath(full, root).replace(os.sep, "/")
+                    if rel not in names:
+                        names.append(rel)
+    return sorted(names)
+
+
+def choices(kind: str) -> list[str]:
+    """Dropdown entries: what is on disk, then registry models that can still be fetched."""
+    on_disk = list_models(kind)
+    known = [s.name for s in REGISTRY.values() if s.kind == kind and s.name not in on_disk]
+    return on_disk + known
+
+
+def find(kind: str, name: str) -> str | None:
+    if not name or "\x00" in name:
+        return None
+    rel = name.replace("\\", "/")
+    if os.path.isabs(rel) or ".." in rel.split("/"):
+        # absolute or parent paths are only honoured outside ComfyUI (CLI/tests pass real paths)
+        return os.path.abspath(rel) if _folder_provider is None and _is_model(kind, rel) else None
+    for root in search_dirs(kind):
+        full = os.path.join(root, *rel.split("/"))
+        if _is_model(kind, full):
+            return full
+    return None
+
+
+def downloads_allowed() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    if os.environ.get("SAFECUT_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    return os.environ.get("SAFECUT_ALLOW_DOWNLOAD", "1").lower() not in ("0", "false", "no")
+
+
+def fetch_command(name: str) -> str:
+    return f"python -m safecut models fetch {name}"
+
+
+def resolve(kind: str, name: str, *, allow_download: bool | None = None) -> str:
+    """Path of model ``name`` of ``kind``: found on disk, else fetched (when allowed), else a clear error."""
+    path = find(kind, name)
+    spec = REGISTRY.get(name)
+    if path is not None:
+        if spec is not None:
+            check_files(spec, path)
+        return path
+    if spec is None or spec.kind != kind:
+        raise ModelNotFoundError(name, search_dirs(kind), None,
+                                 hint=f"'{name}' is not a model SafeCut knows how to download.")
+    allowed = downloads_allowed() if allow_download is None else allow_download
+    if not allowed:
+        raise ModelNotFoundError(name, search_dirs(kind), fetch_command(name),
+                                 hint="Downloads are off (HF_HUB_OFFLINE / SAFECUT_OFFLINE / the pack setting).")
+    return download(spec)
+
+
+# ---- checksums -----------------------------------------------------------------------------------
+def sha256_file(path: str, chunk: int = 4 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def verify_file(path: str, rf: RemoteFile) -> None:
+    """Size always (cheap, catches truncation); sha256 once per (path, mtime, size) per process."""
+    st = os.stat(path)
+    if rf.size is not None and st.st_size != rf.size:
+        raise ChecksumError(path, f"size {rf.size}", f"size {st.st_size}")
+    if rf.sha256:
+        memo = (path, st.st_mtime_ns, st.st_size)
+        if memo not in _verified:
+            actual = sha256_file(path)
+            if actual != rf.sha256:
+                raise ChecksumError(path, rf.sha256, actual)
+            _verified[memo] = True
+
+
+def check_files(spec: ModelSpec, path: str) -> None:
+    if os.path.isdir(path):
+        for rf in spec.files:
+            verify_file(os.path.join(path, *rf.path.split("/")), rf)
+    elif len(spec.files) == 1:
+        verify_file(path, spec.files[0])
+
+
+# ---- download -----------------------------------------------------------------------------------
+def _hub_download(repo_id: str, filename: str, revision: str | None, dest_dir: str) -> str:
+    """The one network call (mocked in tests). Returns the downloaded file's path."""
+    from .deps import require
+
+    hub = require("huggingface_hub")
+    return hub.hf_hub_download(repo_id=repo_id, filename=filename, revision=revision, local_dir=dest_dir)
+
+
+def _url_download(url: str, filename: str, dest_dir: str) -> str:
+    """Plain HTTPS download for files hosted outside the hub (mocked in tests)."""
+    import urllib.request
+
+    out = os.path.join(dest_dir, filename)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with urllib.request.urlopen(url, timeout=60) as resp, open(out, "wb") as f:  # noqa: S310 (pinned URL)
+        shutil.copyfileobj(resp, f, 4 << 20)
+    return out
+
+
+def download(spec: ModelSpec, dest_root: str | None = None) -> str:
+    """Fetch ``spec`` into its first model folder. Files land under a temp name, are verified,
+    then renamed: an interrupted or corrupt download never sits under the real name."""
+    root = dest_root or search_dirs(spec.kind)[0]
+    os.makedirs(root, exist_ok=True)
+    final = os.path.join(root, spec.name)
+    with _download_lock:
+        if os.path.exists(final):
+            check_files(spec, final)
+            return final
+        tmp = tempfile.mkdtemp(prefix=".safecut-dl-", dir=root)
+        try:
+            for rf in spec.files:
+                log.warning("SafeCut: downloading %s/%s (%s) …", spec.repo_id, rf.path,
+                            f"{rf.size / 1e6:.0f} MB" if rf.size else "size unknown")
+                if rf.url:
+                    got = _url_download(rf.url, rf.path, tmp)
+                else:
+                    got = _hub_download(spec.repo_id, rf.path, spec.revision, tmp)
+                verify_file(got, rf)
+            if spec.is_dir:
+                shutil.rmtree(os.path.join(tmp, ".cache"), ignore_errors=True)  # hub bookkeeping
+                os.replace(tmp, final)
+            else:
+                os.replace(os.path.join(tmp, spec.files[0].path), final)
+        except ChecksumError:
+            raise
+        except SafeCutError:
+            raise
+        except Exception as exc:
+            raise SafeCutError(f"Downloading '{spec.name}' from {spec.repo_id} failed: {exc}. "
+                               f"Check the network or place the file by hand in {root}.") from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.warning("SafeCut: %s saved to %s", spec.name, final)
+    return final

@@ -1,0 +1,193 @@
+"""Device / execution-provider policy for every model: one place, no silent fallback.
+
+``auto`` picks CUDA only when it is really usable (onnxruntime: the session actually got the CUDA
+provider; torch: ``torch.cuda.is_available()`` and a tiny allocation works). Asking for CUDA where
+there is none falls back to CPU with one warning, or raises when ``strict`` is set. Every call
+returns a :class:`DeviceChoice` saying what was asked and what is really used.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from .deps import require
+from .errors import DeviceUnavailableError
+
+log = logging.getLogger("safecut.providers")
+
+DEVICE_CHOICES = ["auto", "CPU", "CUDA"]
+_ORT_NAMES = {
+    "CPU": "CPUExecutionProvider",
+    "CUDA": "CUDAExecutionProvider",
+    "TensorRT": "TensorrtExecutionProvider",
+    "DirectML": "DmlExecutionProvider",
+    "CoreML": "CoreMLExecutionProvider",
+    "ROCm": "ROCMExecutionProvider",
+    "OpenVINO": "OpenVINOExecutionProvider",
+}
+_SHORT = {v: k for k, v in _ORT_NAMES.items()}
+_warned: set[str] = set()
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    requested: str
+    used: str            # "CPU", "CUDA", … what actually runs the model
+    note: str = ""       # why it differs from the request, if it does
+
+    def describe(self) -> str:
+        return self.used + (f" ({self.note})" if self.note else "")
+
+
+def warn_once(msg: str) -> None:
+    if msg not in _warned:
+        _warned.add(msg)
+        log.warning("SafeCut: %s", msg)
+
+
+def physical_cores() -> int:
+    """Cores this process may use (affinity-aware); SMT siblings are not counted when visible."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    try:
+        siblings = open("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list").read().strip()
+        per_core = len([p for p in siblings.replace("-", ",").split(",") if p]) if "," in siblings else (
+            int(siblings.split("-")[1]) - int(siblings.split("-")[0]) + 1 if "-" in siblings else 1)
+        n = max(1, n // max(per_core, 1))
+    except (OSError, ValueError, IndexError):
+        pass
+    return max(1, n)
+
+
+def default_threads(requested: int = 0) -> int:
+    if requested and requested > 0:
+        return int(requested)
+    env = os.environ.get("SAFECUT_THREADS")
+    return int(env) if env else physical_cores()
+
+
+def normalize(requested: str) -> str:
+    r = (requested or "auto").strip()
+    for name in ["auto", *_ORT_NAMES]:
+        if r.lower() == name.lower():
+            return name
+    raise ValueError(f"device/provider '{requested}' is not one of: auto, {', '.join(_ORT_NAMES)}")
+
+
+# ---- onnxruntime -------------------------------------------------------------------------------
+def ort_available_providers() -> list[str]:
+    ort = require("onnxruntime")
+    return list(ort.get_available_providers())
+
+
+def ort_provider_list(requested: str) -> list[str]:
+    """Providers to ask onnxruntime for, best first, always ending with CPU."""
+    req = normalize(requested)
+    avail = ort_available_providers()
+    if req == "auto":
+        wanted = [p for p in ("CUDAExecutionProvider",) if p in avail]
+    elif req == "CPU":
+        wanted = []
+    else:
+        wanted = [_ORT_NAMES[req]]
+    return wanted + ["CPUExecutionProvider"]
+
+
+def session_options(threads: int = 0, *, spinning: bool | None = None, optimized_path: str | None = None):
+    ort = require("onnxruntime")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = default_threads(threads)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if spinning is None:  # spinning burns idle cores between calls; off unless asked (serverless bills CPU)
+        spinning = os.environ.get("SAFECUT_ORT_SPINNING", "0") == "1"
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    if optimized_path:
+        so.optimized_model_filepath = optimized_path
+    return so
+
+
+def create_ort_session(model, requested: str = "auto", *, threads: int = 0, strict: bool = False,
+                       optimized_cache: str | None = None):
+    """Create an InferenceSession and report the provider it really got.
+
+    ``model`` is a path or serialized bytes. ``optimized_cache`` is a path where ORT's optimized
+    graph is saved (CPU only: NCHWc layouts are CPU-specific) and loaded from on the next cold start.
+    """
+    ort = require("onnxruntime")
+    req = normalize(requested)
+    providers = ort_provider_list(req)
+    source = model
+    opt_path = None
+    if optimized_cache and isinstance(model, str) and providers == ["CPUExecutionProvider"]:
+        if _fresh(optimized_cache, model):
+            source = optimized_cache
+        else:
+            opt_path = optimized_cache
+    so = session_options(threads, optimized_path=opt_path)
+    try:
+        sess = ort.InferenceSession(source, sess_options=so, providers=providers)
+    except Exception as exc:
+        if source is not model:  # a stale/broken optimized graph must not block loading the real model
+            sess = ort.InferenceSession(model, sess_options=session_options(threads), providers=providers)
+        else:
+            raise _explain_onnx_error(model, exc) from exc
+    got = sess.get_providers()[0]
+    used = _SHORT.get(got, got)
+    return sess, _report(req, used, strict)
+
+
+def _fresh(cache_path: str, model_path: str) -> bool:
+    try:
+        return os.path.getmtime(cache_path) >= os.path.getmtime(model_path) and os.path.getsize(cache_path) > 0
+    except OSError:
+        return False
+
+
+def _explain_onnx_error(model, exc: Exception) -> Exception:
+    from .errors import SafeCutError
+
+    name = model if isinstance(model, str) else "<in-memory model>"
+    return SafeCutError(f"ONNX model '{name}' could not be loaded ({type(exc).__name__}: {exc}). "
+                        f"The file is probably truncated or not an ONNX model: delete it and fetch it again.")
+
+
+def _report(requested: str, used: str, strict: bool) -> DeviceChoice:
+    if requested in ("auto", used):
+        return DeviceChoice(requested, used)
+    msg = f"{requested} was requested but is not usable here; running on {used}"
+    if strict:
+        raise DeviceUnavailableError(msg + " (strict mode: refusing to fall back).")
+    warn_once(msg)
+    return DeviceChoice(requested, used, note=f"{requested} unavailable")
+
+
+# ---- torch -------------------------------------------------------------------------------------
+def torch_device(requested: str = "auto", *, strict: bool = False) -> DeviceChoice:
+    """'cuda' when usable (is_available and a tiny allocation works), else 'cpu'."""
+    req = normalize(requested)
+    if req not in ("auto", "CPU", "CUDA"):
+        raise ValueError(f"device '{requested}' is not supported for torch models: use auto, CPU or CUDA")
+    if req == "CPU":
+        return DeviceChoice(req, "CPU")
+    return _report(req, "CUDA" if cuda_usable() else "CPU", strict)
+
+
+def cuda_usable() -> bool:
+    torch = require("torch")
+    try:
+        if not torch.cuda.is_available():
+            return False
+        torch.zeros(1, device="cuda")
+        return True
+    except Exception as exc:
+        warn_once(f"CUDA is present but unusable ({exc}); using CPU")
+        return False
+
+
+def torch_name(choice: DeviceChoice) -> str:
+    return "cuda" if choice.used == "CUDA" else "cpu"

@@ -1,0 +1,1 @@
+"""Builders of small local models for tests and benchmarks (no network, deterministic)."""
