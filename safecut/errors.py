@@ -4,6 +4,9 @@
 class SafeCutError(Exception):
     """Base class: message is meant for the user as-is."""
 
+    def __str__(self) -> str:  # OSError subclasses would otherwise format their args as errno/filename
+        return getattr(self, "message", None) or super().__str__()
+
 
 class MissingDependencyError(SafeCutError, ImportError):
     def __init__(self, package: str, purpose: str, install: str):
@@ -27,15 +30,18 @@ class ModelNotFoundError(SafeCutError, FileNotFoundError):
             msg += f"Fetch it with: {fetch_command}"
         else:
             msg += "Place the file in one of the folders above."
+        self.message = msg
         super().__init__(msg)
 
 
 class ChecksumError(SafeCutError):
-    def __init__(self, path, expected: str, actual: str):
-        super().__init__(
-            f"Model file '{path}' is damaged or not the expected file: sha256 {actual[:16]}… "
-            f"does not match the registry's {expected[:16]}…. Delete it and fetch it again."
-        )
+    def __init__(self, path, expected: str, actual: str, what: str = "sha256"):
+        if what == "size":
+            detail = f"it has {actual} bytes, the registry says {expected} (truncated or a different file)"
+        else:
+            detail = f"sha256 {actual[:16]}… does not match the registry's {expected[:16]}…"
+        super().__init__(f"Model file '{path}' is damaged or not the expected file: {detail}. "
+                         f"Delete it and fetch it again.")
 
 
 class DeviceUnavailableError(SafeCutError, RuntimeError):

@@ -156,7 +156,7 @@ def verify_file(path: str, rf: RemoteFile) -> None:
     """Size always (cheap, catches truncation); sha256 once per (path, mtime, size) per process."""
     st = os.stat(path)
     if rf.size is not None and st.st_size != rf.size:
-        raise ChecksumError(path, f"size {rf.size}", f"size {st.st_size}")
+        raise ChecksumError(path, str(rf.size), str(st.st_size), what="size")
     if rf.sha256:
         memo = (path, st.st_mtime_ns, st.st_size)
         if memo not in _verified:

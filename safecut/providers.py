@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 
 from .deps import require
@@ -130,7 +131,9 @@ def create_ort_session(model, requested: str = "auto", *, threads: int = 0, stri
             opt_path = optimized_cache
     so = session_options(threads, optimized_path=opt_path)
     try:
-        sess = ort.InferenceSession(source, sess_options=so, providers=providers)
+        with warnings.catch_warnings():  # ORT's own "provider not available" warning: we report it ourselves
+            warnings.simplefilter("ignore", UserWarning)
+            sess = ort.InferenceSession(source, sess_options=so, providers=providers)
     except Exception as exc:
         if source is not model:  # a stale/broken optimized graph must not block loading the real model
             sess = ort.InferenceSession(model, sess_options=session_options(threads), providers=providers)

@@ -14,6 +14,9 @@ os.environ.setdefault("SAFECUT_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+TINY_BEN2 = "tiny-ben2.onnx"  # not the registry's name: the real BEN2_Base.onnx is checksum-verified
+
+
 def load_pack(name: str = "safecut_pack", path: str = ROOT):
     """Import the pack folder the way ComfyUI does: by path, as a package with relative imports."""
     if name in sys.modules:
@@ -36,7 +39,7 @@ def tiny_ben2_path(tmp_path_factory):
     from safecut.testkit.tiny_ben2 import build_tiny_ben2
 
     d = tmp_path_factory.mktemp("models") / "ben2"
-    return build_tiny_ben2(str(d / "BEN2_Base.onnx"))
+    return build_tiny_ben2(str(d / TINY_BEN2))
 
 
 @pytest.fixture()

@@ -1,0 +1,131 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_BEN2, subject_image
+from safecut import ben2
+from safecut.cache import get_cache
+from safecut.errors import BadInputError
+
+
+@pytest.fixture()
+def ben2_dir(tiny_ben2_path, monkeypatch):
+    monkeypatch.setenv("SAFECUT_MODELS_DIR", os.path.dirname(os.path.dirname(tiny_ben2_path)))
+    return tiny_ben2_path
+
+
+def test_session_io_is_read_from_the_model(ben2_dir):
+    m = ben2.load_model(ben2_dir, "CPU")
+    assert (m.input_name, m.output_name, m.size, m.dynamic_batch) == ("input", "output", (1024, 1024), True)
+    assert m.session.get_outputs()[0].type == "tensor(float16)"  # like the published BEN2
+
+
+def test_preprocessing_is_a_registry_property():
+    p = ben2.preprocess_params("/x/BEN2_Base.onnx")
+    assert p["size"] == 1024 and tuple(p["mean"]) == (0, 0, 0) and tuple(p["std"]) == (1, 1, 1)
+
+
+def test_float16_output_is_cast_before_minmax():
+    raw = np.array([[[[0.25, 0.5], [0.75, 1.0]]]], np.float16)
+    (mask,) = ben2.postprocess(raw, [(2, 2)])
+    assert mask.dtype == np.float32
+    np.testing.assert_allclose(mask, [[0, 1 / 3], [2 / 3, 1]], atol=1e-3)
+
+
+def test_mask_follows_the_subject_and_original_size(ben2_dir):
+    img = subject_image(96, 128)
+    run = ben2.remove_background([img], TINY_BEN2, device="CPU")
+    (mask,) = run.masks
+    assert mask.shape == (96, 128) and mask.dtype == np.float32
+    assert mask[48, 64] > 0.9 and mask[5, 5] < 0.1  # subject kept, background removed
+    assert run.device.used == "CPU"
+
+
+def test_batch_equals_one_by_one_and_mixed_sizes(ben2_dir):
+    imgs = [subject_image(96, 128), subject_image(64, 64), np.random.default_rng(0).random((50, 70, 3), np.float32)]
+    together = ben2.remove_background(imgs, TINY_BEN2, device="CPU", batch_size=3).masks
+    alone = [ben2.remove_background([im], TINY_BEN2, device="CPU").masks[0] for im in imgs]
+    for a, b in zip(together, alone):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_progress_is_called_per_image_and_can_interrupt(ben2_dir):
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def progress(n):
+        calls.append(n)
+        if sum(calls) >= 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        ben2.remove_background([subject_image()] * 5, TINY_BEN2, device="CPU", batch_size=1, progress=progress)
+    assert calls == [1, 1]  # stopped after the second image, never ran the rest
+
+
+def test_model_is_loaded_once_and_keep_loaded_false_unloads(ben2_dir):
+    cache = get_cache()
+    cache.unload()
+    cache.reset_stats()
+    ben2.remove_background([subject_image()], TINY_BEN2, device="CPU")
+    ben2.remove_background([subject_image()], TINY_BEN2, device="CPU")
+    assert cache.stats()["loads"] == 1 and cache.stats()["hits"] >= 1
+    ben2.remove_background([subject_image()], TINY_BEN2, device="CPU", keep_loaded=False)
+    assert not [k for k in cache.keys() if k.kind == "ben2"]
+
+
+def test_bad_image_shape_is_named(ben2_dir):
+    with pytest.raises(BadInputError, match="image 1"):
+        ben2.remove_background([subject_image(), np.zeros((4, 4), np.float32)], TINY_BEN2, device="CPU")
+
+
+def test_composite_backgrounds():
+    img = np.full((2, 2, 3), 0.5, np.float32)
+    mask = np.array([[1.0, 0.0], [0.5, 0.0]], np.float32)
+    rgb, rgba = ben2.composite(img, mask, "white")
+    np.testing.assert_allclose(rgb[0, 1], [1, 1, 1]) and np.testing.assert_allclose(rgb[0, 0], [0.5] * 3)
+    np.testing.assert_allclose(rgba[..., 3], mask)
+    rgb, _ = ben2.composite(img, mask, "custom", "#FF0000")
+    np.testing.assert_allclose(rgb[0, 1], [1, 0, 0])
+    np.testing.assert_allclose(ben2.parse_color("0,255,0"), (0, 1, 0))
+    with pytest.raises(BadInputError, match="color"):
+        ben2.parse_color("purple-ish")
+
+
+def test_refine_foreground_removes_background_bleed():
+    h = w = 64
+    img = np.zeros((h, w, 3), np.float32)
+    img[..., 2] = 1.0                       # blue background
+    img[:, : w // 2, 0] = 1.0               # red subject on the left half…
+    img[:, : w // 2, 2] = 0.0
+    mask = np.zeros((h, w), np.float32)
+    mask[:, : w // 2] = 1.0
+    mask[:, w // 2 - 1] = 0.5               # soft edge pixel: observed colour is a red/blue mix
+    img[:, w // 2 - 1] = (0.5, 0, 0.5)
+    fg = ben2.refine_foreground(img, mask)
+    assert fg[10, w // 2 - 1, 0] > 0.8 and fg[10, w // 2 - 1, 2] < 0.2   # edge colour recovered as red
+
+
+def test_node_contract_and_outputs(pack, tiny_ben2_path, monkeypatch):
+    monkeypatch.setenv("SAFECUT_MODELS_DIR", os.path.dirname(os.path.dirname(tiny_ben2_path)))
+    node_cls = pack.NODE_CLASS_MAPPINGS["SafeCutBEN2RemoveBackground"]
+    assert node_cls.INPUT_TYPES()["required"]["model"][0][:2] == [TINY_BEN2, "BEN2_Base.onnx"]
+    batch = torch.from_numpy(np.stack([subject_image(), subject_image()]))
+    out = node_cls().run(batch, TINY_BEN2, "auto", 0, "white", "#00FF00", True, True)
+    image, mask, rgba, info = out["result"]
+    assert image.shape == (2, 96, 128, 3) and mask.shape == (2, 96, 128) and rgba.shape == (2, 96, 128, 4)
+    assert image.dtype == torch.float32 and float(image.max()) <= 1.0 and float(image.min()) >= 0.0
+    assert torch.allclose(rgba[..., 3], mask)
+    assert float(image[0, 2, 2].min()) > 0.95      # white background where the mask is 0
+    assert "CPU" in info and out["ui"]["device"] == ["CPU"]
+
+
+def test_node_cuda_request_reports_fallback(pack, tiny_ben2_path, monkeypatch):
+    monkeypatch.setenv("SAFECUT_MODELS_DIR", os.path.dirname(os.path.dirname(tiny_ben2_path)))
+    node = pack.NODE_CLASS_MAPPINGS["SafeCutBEN2RemoveBackground"]()
+    out = node.run(torch.from_numpy(subject_image()[None]), TINY_BEN2, "CUDA", 1, "alpha", "", False, False)
+    assert out["ui"]["device"] == ["CPU (CUDA unavailable)"]

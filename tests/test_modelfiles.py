@@ -1,0 +1,154 @@
+import hashlib
+import os
+
+import pytest
+
+from safecut import modelfiles
+from safecut.errors import ChecksumError, ModelNotFoundError
+from safecut.registry import REGISTRY, ModelSpec, RemoteFile
+
+
+def _spec(name, data: bytes, kind="ben2", sha=None, size=None):
+    return ModelSpec(name, kind, "org/repo", (RemoteFile(name, len(data) if size is None else size,
+                                                         sha or hashlib.sha256(data).hexdigest()),))
+
+
+@pytest.fixture()
+def fake_hub(monkeypatch):
+    """Replaces only the network call: serves bytes from a dict, records calls."""
+    served, calls = {}, []
+
+    def hub(repo_id, filename, revision, dest):
+        calls.append((repo_id, filename))
+        out = os.path.join(dest, filename)
+        with open(out, "wb") as f:
+            f.write(served[filename])
+        return out
+
+    monkeypatch.setattr(modelfiles, "_hub_download", hub)
+    return served, calls
+
+
+def test_missing_model_error_names_file_folders_and_command(models_dir):
+    with pytest.raises(ModelNotFoundError) as e:
+        modelfiles.resolve("ben2", "BEN2_Base.onnx", allow_download=False)
+    msg = str(e.value)
+    assert "BEN2_Base.onnx" in msg
+    assert str(models_dir / "ben2") in msg and str(models_dir / "ben2_onnx") in msg
+    assert "python -m safecut models fetch BEN2_Base.onnx" in msg
+
+
+def test_offline_env_blocks_download(models_dir, monkeypatch, fake_hub):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError, match="Downloads are off"):
+        modelfiles.resolve("ben2", "BEN2_Base.onnx")
+    assert fake_hub[1] == []
+
+
+def test_unknown_model_is_not_fetchable(models_dir):
+    with pytest.raises(ModelNotFoundError, match="not a model SafeCut knows"):
+        modelfiles.resolve("ben2", "mystery.onnx")
+
+
+def test_found_in_second_folder_and_listed(models_dir):
+    (models_dir / "ben2_onnx").mkdir()
+    (models_dir / "ben2_onnx" / "custom.onnx").write_bytes(b"x")
+    assert modelfiles.resolve("ben2", "custom.onnx") == str(models_dir / "ben2_onnx" / "custom.onnx")
+    assert "custom.onnx" in modelfiles.list_models("ben2")
+    assert modelfiles.choices("ben2")[0] == "custom.onnx" and "BEN2_Base.onnx" in modelfiles.choices("ben2")
+
+
+def test_download_verifies_and_lands_under_final_name(models_dir, fake_hub, monkeypatch):
+    data = b"model-bytes" * 100
+    spec = _spec("good.onnx", data)
+    monkeypatch.setitem(REGISTRY, spec.name, spec)
+    fake_hub[0]["good.onnx"] = data
+    path = modelfiles.resolve("ben2", "good.onnx", allow_download=True)
+    assert path == str(models_dir / "ben2" / "good.onnx")
+    assert open(path, "rb").read() == data
+    assert [n for n in os.listdir(models_dir / "ben2")] == ["good.onnx"]  # no temp leftovers
+    assert modelfiles.resolve("ben2", "good.onnx", allow_download=True) == path
+    assert len(fake_hub[1]) == 1  # second resolve finds it on disk
+
+
+def test_corrupt_download_never_lands(models_dir, fake_hub, monkeypatch):
+    data = b"expected" * 10
+    spec = _spec("bad.onnx", data)
+    monkeypatch.setitem(REGISTRY, spec.name, spec)
+    fake_hub[0]["bad.onnx"] = b"tampered" * 10  # same size, other content
+    with pytest.raises(ChecksumError):
+        modelfiles.resolve("ben2", "bad.onnx", allow_download=True)
+    assert os.listdir(models_dir / "ben2") == []
+
+
+def test_truncated_download_never_lands(models_dir, fake_hub, monkeypatch):
+    data = b"0123456789" * 50
+    spec = _spec("trunc.onnx", data)
+    monkeypatch.setitem(REGISTRY, spec.name, spec)
+    fake_hub[0]["trunc.onnx"] = data[:123]
+    with pytest.raises(ChecksumError, match="damaged"):
+        modelfiles.resolve("ben2", "trunc.onnx", allow_download=True)
+    assert os.listdir(models_dir / "ben2") == []
+
+
+def test_registry_file_on_disk_with_wrong_checksum_is_refused(models_dir, monkeypatch):
+    data = b"abc" * 10
+    spec = _spec("placed.onnx", data)
+    monkeypatch.setitem(REGISTRY, spec.name, spec)
+    (models_dir / "ben2").mkdir()
+    (models_dir / "ben2" / "placed.onnx").write_bytes(b"xyz" * 10)
+    with pytest.raises(ChecksumError):
+        modelfiles.resolve("ben2", "placed.onnx")
+    (models_dir / "ben2" / "placed.onnx").write_bytes(data)
+    assert modelfiles.resolve("ben2", "placed.onnx").endswith("placed.onnx")
+
+
+def test_directory_model_download(models_dir, fake_hub, monkeypatch):
+    files = {"config.json": b"{}", "model.safetensors": b"w" * 64}
+    spec = ModelSpec("Tiny-Flo", "florence2", "org/flo",
+                     tuple(RemoteFile(n, len(b), hashlib.sha256(b).hexdigest()) for n, b in files.items()),
+                     is_dir=True)
+    monkeypatch.setitem(REGISTRY, spec.name, spec)
+    fake_hub[0].update(files)
+    path = modelfiles.resolve("florence2", "Tiny-Flo", allow_download=True)
+    assert sorted(os.listdir(path)) == ["config.json", "model.safetensors"]
+    assert modelfiles.list_models("florence2") == ["Tiny-Flo"]
+
+
+def test_url_hosted_file_uses_plain_download(models_dir, monkeypatch):
+    data = b"nudenet" * 7
+    spec = ModelSpec("n.onnx", "nudenet", "org/x", (RemoteFile("n.onnx", len(data), hashlib.sha256(data).hexdigest(),
+                                                               url="https://example.invalid/n.onnx"),))
+    monkeypatch.setitem(REGISTRY, spec.name, spec)
+    seen = []
+
+    def fake_url(url, filename, dest):
+        seen.append(url)
+        out = os.path.join(dest, filename)
+        open(out, "wb").write(data)
+        return out
+
+    monkeypatch.setattr(modelfiles, "_url_download", fake_url)
+    assert modelfiles.resolve("nudenet", "n.onnx", allow_download=True).endswith("n.onnx")
+    assert seen == ["https://example.invalid/n.onnx"]
+
+
+def test_folder_provider_is_used(tmp_path):
+    d = tmp_path / "yaml_extra" / "ben2"
+    d.mkdir(parents=True)
+    (d / "x.onnx").write_bytes(b"1")
+    modelfiles.set_folder_provider(lambda name: [str(tmp_path / "yaml_extra" / name)])
+    try:
+        assert modelfiles.find("ben2", "x.onnx") == str(d / "x.onnx")
+        assert modelfiles.find("ben2", "../ben2/x.onnx") is None  # no parent escapes inside ComfyUI
+    finally:
+        modelfiles.set_folder_provider(None)
+
+
+def test_registry_entries_are_well_formed():
+    for spec in REGISTRY.values():
+        assert spec.kind in modelfiles.FOLDERS
+        for rf in spec.files:
+            assert rf.sha256 is None or (len(rf.sha256) == 64 and int(rf.sha256, 16) >= 0)
+    ben = REGISTRY["BEN2_Base.onnx"]
+    assert ben.files[0].sha256.startswith("22cea621") and ben.files[0].size == 222_932_053
