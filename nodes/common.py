@@ -55,6 +55,30 @@ def to_mask_tensor(masks):
     return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
 
 
+def flatten(value) -> list:
+    """INPUT_IS_LIST inputs arrive as lists whose items may themselves be lists (one per upstream run)."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        return [value]
+    out = []
+    for v in value:
+        out += flatten(v) if isinstance(v, (list, tuple)) else [v]
+    return out
+
+
+def flatten_images(value) -> list:
+    """A list of IMAGE tensors [B,H,W,C] (list mode) or one batch -> list of single-image tensors [1,H,W,C]."""
+    out = []
+    for t in flatten(value):
+        if t is None:
+            continue
+        if getattr(t, "ndim", 0) == 3:
+            t = t[None]
+        out += [t[i:i + 1] for i in range(t.shape[0])]
+    return out
+
+
 # ---- progress and interrupt ---------------------------------------------------------------------
 def check_interrupt() -> None:
     try:

@@ -1,0 +1,113 @@
+"""SafeCut Keyword Gate: settles clear captions by keywords; wakes the Llama classifier (a lazy input)
+only when at least one image is undecided, and sends it only the undecided captions."""
+from __future__ import annotations
+
+from ..safecut import gate
+from .common import CATEGORY, combo, dumps, flatten, flatten_images, ui_result
+
+
+def _first(v, default=None):
+    return v[0] if isinstance(v, list) and v else (default if isinstance(v, list) else v)
+
+
+def _nudenet_flags(nudenet) -> list | None:
+    if not nudenet or nudenet == [None]:
+        return None
+    return [bool(r.get("is_unsafe")) if isinstance(r, dict) else bool(r) for r in flatten(nudenet)]
+
+
+class SafeCutKeywordGate:
+    DESCRIPTION = ("Decides SAFE/UNSAFE per image from its caption: safe keywords settle clear cases at once, "
+                   "unsafe keywords send the caption to the classifier (or decide UNSAFE with the strict policy), "
+                   "NudeNet hits decide UNSAFE. The classifier input is lazy: the Llama node only runs, and its "
+                   "model only loads, when some image is undecided. Errors never yield SAFE.")
+    CATEGORY = CATEGORY
+    FUNCTION = "run"
+    INPUT_IS_LIST = True
+    RETURN_TYPES = ("STRING", "STRING", "IMAGE", "STRING")
+    RETURN_NAMES = ("verdict", "decided_by", "safe_images", "report")
+    OUTPUT_IS_LIST = (True, True, True, False)
+    OUTPUT_TOOLTIPS = ("SAFE / UNSAFE per image.", "keywords / classifier / nudenet / error per image.",
+                       "The safe images, one list item each (unsafe ones are left out, or blocked when "
+                       "block_unsafe is on).", "JSON report: caption, verdict, who decided, scores, per image.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "captions": ("STRING", {"forceInput": True, "tooltip": "Captions, one per image (Florence-2 Caption)."}),
+            "safe_keywords": ("STRING", {"default": gate.DEFAULT_SAFE_KEYWORDS, "multiline": True, "tooltip":
+                              "Comma/newline separated; '#' comments. Whole words, case-insensitive, plurals match."}),
+            "unsafe_keywords": ("STRING", {"default": gate.DEFAULT_UNSAFE_KEYWORDS, "multiline": True, "tooltip":
+                                "Comma/newline separated. Negation does not help: 'no weapons' still matches."}),
+            "policy": combo(gate.POLICIES, "review", "review: an unsafe keyword sends the caption to the classifier "
+                            "(a kitchen-knife product shot is not blocked by a word). strict: UNSAFE at once."),
+            "block_unsafe": ("BOOLEAN", {"default": True, "tooltip":
+                             "Block downstream nodes for unsafe images (ExecutionBlocker) instead of just "
+                             "leaving them out of safe_images."}),
+        }, "optional": {
+            "images": ("IMAGE", {"tooltip": "The captioned images, passed through as safe_images when SAFE."}),
+            "nudenet": ("SAFECUT_NUDENET", {"tooltip": "NudeNet results: an unsafe hit decides UNSAFE without the LLM."}),
+            "classifier": ("SAFECUT_CLASSIFIER", {"lazy": True, "tooltip":
+                           "Llama Safety Classifier. Evaluated only when some caption is undecided."}),
+            "filenames": ("STRING", {"forceInput": True, "tooltip": "Original file names, for the report."}),
+        }}
+
+    def _decide(self, captions, safe_keywords, unsafe_keywords, policy, nudenet=None):
+        g = gate.KeywordGate(_first(safe_keywords, ""), _first(unsafe_keywords, ""), _first(policy, "review"))
+        return g.decide_all([c if isinstance(c, str) else "" for c in flatten(captions)], _nudenet_flags(nudenet))
+
+    def check_lazy_status(self, captions, safe_keywords, unsafe_keywords, policy, block_unsafe, images=None,
+                          nudenet=None, classifier=None, filenames=None):
+        if classifier is not None and _first(classifier) is not None:
+            return []
+        if captions is None or any(c is None for c in flatten(captions)):
+            return []  # captions not ready yet: ComfyUI evaluates them first
+        if gate.undecided(self._decide(captions, safe_keywords, unsafe_keywords, policy, nudenet)):
+            return ["classifier"]
+        return []
+
+    def run(self, captions, safe_keywords, unsafe_keywords, policy, block_unsafe, images=None, nudenet=None,
+            classifier=None, filenames=None):
+        decisions = self._decide(captions, safe_keywords, unsafe_keywords, policy, nudenet)
+        handle = _first(classifier)
+        settled_by_keywords = sum(d.decided_by in ("keywords", "nudenet") for d in decisions)
+        gate.settle(decisions, handle.classify if handle is not None else None)
+        names = [str(n) for n in flatten(filenames)] if filenames else []
+        report = [dict(d.as_dict(), index=i, filename=names[i] if i < len(names) else "")
+                  for i, d in enumerate(decisions)]
+        frames = flatten_images(images) if images is not None else []
+        if frames and len(frames) != len(decisions):
+            raise ValueError(f"input 'images' has {len(frames)} image(s) but there are {len(decisions)} caption(s); "
+                             f"caption the same images you pass in")
+        safe_out = _safe_images(frames, decisions, bool(_first(block_unsafe, True)))
+        stats = gate.summary(decisions)
+        text = (f"{stats['safe']} safe / {stats['unsafe']} unsafe; settled without the LLM: {settled_by_keywords} "
+                f"of {len(decisions)}; classifier: {stats['by_classifier']}; errors: {stats['by_error']}")
+        return ui_result(([d.verdict for d in decisions], [d.decided_by for d in decisions], safe_out,
+                          dumps({"summary": stats, "images": report})),
+                         verdict=[d.verdict for d in decisions], decided_by=[d.decided_by for d in decisions],
+                         settled_by_keywords=settled_by_keywords, text=text)
+
+
+def _blocker():
+    try:
+        from comfy_execution.graph import ExecutionBlocker  # type: ignore
+    except ImportError:  # outside ComfyUI: a stand-in with the same meaning
+        class ExecutionBlocker:  # noqa: D401
+            def __init__(self, message):
+                self.message = message
+    return ExecutionBlocker(None)
+
+
+def _safe_images(frames, decisions, block: bool) -> list:
+    out = []
+    for frame, d in zip(frames, decisions):
+        if d.verdict == gate.SAFE:
+            out.append(frame)
+        elif block:
+            out.append(_blocker())  # downstream per-image nodes (e.g. Save) skip this item
+    return out or [_blocker()]      # nothing safe: block rather than hand on an empty list
+
+
+NODE_CLASS_MAPPINGS = {"SafeCutKeywordGate": SafeCutKeywordGate}
+NODE_DISPLAY_NAME_MAPPINGS = {"SafeCutKeywordGate": "SafeCut Keyword Gate"}

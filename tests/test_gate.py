@@ -1,0 +1,187 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from safecut import gate
+from safecut.gate import SAFE, UNDECIDED, UNSAFE, KeywordGate
+
+TABLE = [
+    # caption, expected (review policy), decided_by
+    ("a red coffee mug on a white table", SAFE, "keywords"),
+    ("Product shot of a leather HANDBAG", SAFE, "keywords"),
+    ("two cats sleeping on a sofa", SAFE, "keywords"),            # plural of a safe word
+    ("a kitchen knife on a cutting board", UNDECIDED, ""),        # unsafe word -> classifier, not blocked
+    ("a mug next to a gun", UNDECIDED, ""),                       # mixed: unsafe wins over safe
+    ("no weapons are visible in this landscape", UNDECIDED, ""),  # negation is not a reason to skip
+    ("a photo of knives", UNDECIDED, ""),                         # f -> ves plural
+    ("a nude figure", UNDECIDED, ""),
+    ("a dead body on the street", UNDECIDED, ""),                 # phrase
+    ("an abstract shape", UNDECIDED, ""),                         # nothing matched
+    ("", UNDECIDED, ""),                                          # empty caption
+    ("a gunboat in the harbour", UNDECIDED, ""),                  # 'gun' is not a whole word here: no match
+    ("sunglasses on a beach", SAFE, "keywords"),
+    ("a drugstore front", UNDECIDED, ""),                         # 'drug' not whole word; no safe word either
+    ("a teen-aged statue", UNDECIDED, ""),
+]
+
+
+@pytest.mark.parametrize("caption,expected,by", TABLE)
+def test_caption_table(caption, expected, by):
+    d = KeywordGate().decide(caption)
+    assert (d.verdict, d.decided_by) == (expected, by), d
+
+
+def test_hits_are_reported():
+    d = KeywordGate().decide("a mug next to a gun and two pistols")
+    assert d.safe_hits == ["mug"] and d.unsafe_hits == ["gun", "pistols"]
+
+
+def test_strict_policy_decides_unsafe_at_once():
+    g = KeywordGate(policy="strict")
+    d = g.decide("a kitchen knife on a cutting board")
+    assert (d.verdict, d.decided_by) == (UNSAFE, "keywords")
+    assert g.decide("a red mug").verdict == SAFE
+
+
+def test_nudenet_decides_unsafe_even_with_safe_words():
+    d = KeywordGate().decide("a red mug", nudenet_unsafe=True)
+    assert (d.verdict, d.decided_by) == (UNSAFE, "nudenet")
+
+
+def test_custom_lists_and_comments():
+    g = KeywordGate("widget # our products\n, gizmo", "forbidden thing")
+    assert g.decide("a shiny widgets display").verdict == SAFE
+    assert g.decide("a forbidden things pile").verdict == UNDECIDED
+    assert g.decide("a mug").verdict == UNDECIDED  # default lists replaced
+
+
+def test_bad_policy_and_mismatched_nudenet():
+    with pytest.raises(ValueError, match="policy"):
+        KeywordGate(policy="lenient")
+    with pytest.raises(ValueError, match="nudenet"):
+        KeywordGate().decide_all(["a", "b"], [True])
+
+
+class Result:
+    def __init__(self, verdict, p=0.0, error=None, decided_by="classifier"):
+        self.verdict, self.p_unsafe, self.error, self.decided_by, self.categories = verdict, p, error, decided_by, []
+
+
+def test_settle_sends_only_undecided_captions():
+    decisions = KeywordGate().decide_all(["a red mug", "a kitchen knife", "abstract", "a cat"])
+    seen = []
+
+    def classify(caps):
+        seen.append(list(caps))
+        return [Result(SAFE, 0.1), Result(UNSAFE, 0.9)]
+
+    gate.settle(decisions, classify)
+    assert seen == [["a kitchen knife", "abstract"]]
+    assert [d.verdict for d in decisions] == [SAFE, SAFE, UNSAFE, SAFE]
+    assert [d.decided_by for d in decisions] == ["keywords", "classifier", "classifier", "keywords"]
+    assert decisions[2].p_unsafe == 0.9
+
+
+def test_settle_never_calls_classifier_when_all_decided():
+    decisions = KeywordGate().decide_all(["a red mug", "a dog"])
+    gate.settle(decisions, lambda caps: pytest.fail("classifier must not run"))
+    assert all(d.verdict == SAFE for d in decisions)
+
+
+@pytest.mark.parametrize("classify", [
+    None,                                                        # no classifier connected
+    lambda caps: (_ for _ in ()).throw(RuntimeError("model broke")),  # raises
+    lambda caps: [],                                             # wrong count
+    lambda caps: [Result("maybe")],                              # unparseable verdict
+    lambda caps: [Result(SAFE, error="NaN logits")],             # an error never yields SAFE
+])
+def test_fail_closed(classify):
+    decisions = KeywordGate().decide_all(["an abstract shape"])
+    gate.settle(decisions, classify)
+    assert decisions[0].verdict == UNSAFE and decisions[0].decided_by == "error" and decisions[0].reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+def test_fuzz_gate_never_crashes_and_safe_implies_no_unsafe_word(text):
+    g = KeywordGate()
+    d = g.decide(text)
+    assert d.verdict in (SAFE, UNDECIDED)
+    if d.verdict == SAFE:
+        assert d.safe_hits and not d.unsafe_hits
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["mug", "gun", "no", "a", "cat", "nude", "knife", "table", ",", "."]), max_size=12))
+def test_fuzz_adding_an_unsafe_word_never_makes_safe(words):
+    g = KeywordGate()
+    base = " ".join(words)
+    assert g.decide(base + " gun").verdict != SAFE
+
+
+# ---- node contract -------------------------------------------------------------------------------
+class CountingHandle:
+    def __init__(self):
+        self.loads = 0
+        self.calls = []
+
+    def classify(self, captions):
+        self.loads += 1
+        self.calls.append(list(captions))
+        return [Result(UNSAFE, 0.8) for _ in captions]
+
+
+def _node(pack):
+    return pack.NODE_CLASS_MAPPINGS["SafeCutKeywordGate"]()
+
+
+def _widgets():
+    return dict(safe_keywords=[gate.DEFAULT_SAFE_KEYWORDS], unsafe_keywords=[gate.DEFAULT_UNSAFE_KEYWORDS],
+                policy=["review"], block_unsafe=[True])
+
+
+def test_lazy_classifier_not_requested_when_everything_is_decided(pack):
+    node = _node(pack)
+    assert node.check_lazy_status(captions=["a red mug", "a dog on a beach"], classifier=[None], **_widgets()) == []
+    assert node.check_lazy_status(captions=[["a red mug"], ["a knife"]], classifier=[None],
+                                  **_widgets()) == ["classifier"]
+    assert node.check_lazy_status(captions=["a knife"], classifier=[CountingHandle()], **_widgets()) == []
+
+
+def test_gate_node_runs_classifier_only_on_undecided(pack):
+    node = _node(pack)
+    handle = CountingHandle()
+    imgs = [torch.full((1, 8, 8, 3), float(i) / 4) for i in range(3)]
+    out = node.run(captions=["a red mug", "a kitchen knife", "a dog"], images=imgs, classifier=[handle],
+                   filenames=["a.png", "b.png", "c.png"], **_widgets())
+    verdicts, by, safe_images, report = out["result"]
+    assert handle.calls == [["a kitchen knife"]]
+    assert verdicts == [SAFE, UNSAFE, SAFE] and by == ["keywords", "classifier", "keywords"]
+    assert len(safe_images) == 3 and not isinstance(safe_images[1], torch.Tensor)  # blocked item
+    assert torch.equal(safe_images[2], imgs[2])
+    rep = json.loads(report)
+    assert rep["summary"]["by_keywords"] == 2 and rep["images"][1]["filename"] == "b.png"
+    assert out["ui"]["settled_by_keywords"] == [2]
+
+
+def test_gate_node_without_classifier_fails_closed_and_without_block_drops(pack):
+    node = _node(pack)
+    w = _widgets()
+    w["block_unsafe"] = [False]
+    out = node.run(captions=["abstract art", "a red mug"], images=[torch.zeros(2, 4, 4, 3)], **w)
+    verdicts, by, safe_images, _ = out["result"]
+    assert verdicts == [UNSAFE, SAFE] and by == ["error", "keywords"]
+    assert len(safe_images) == 1 and safe_images[0].shape == (1, 4, 4, 3)
+
+
+def test_gate_node_uses_nudenet_results(pack):
+    out = _node(pack).run(captions=["a red mug"], nudenet=[[{"is_unsafe": True, "max_score": 0.9}]], **_widgets())
+    assert out["result"][0] == [UNSAFE] and out["result"][1] == ["nudenet"]
+
+
+def test_gate_node_image_count_mismatch_is_clear(pack):
+    with pytest.raises(ValueError, match="input 'images'"):
+        _node(pack).run(captions=["a mug", "a cup"], images=[torch.zeros(1, 4, 4, 3)], **_widgets())
