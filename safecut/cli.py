@@ -1,0 +1,177 @@
+"""Command line: ``python -m safecut run|models|workflow|client``."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+
+def _bar(done: int, total: int, name: str, t0: float) -> None:
+    width = 30
+    filled = int(width * done / max(total, 1))
+    rate = (time.perf_counter() - t0) / max(done, 1)
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {rate:.2f}s/img  {name[:40]:<40}")
+    sys.stderr.flush()
+    if done == total:
+        sys.stderr.write("\n")
+
+
+def cmd_run(a) -> int:
+    from . import pipeline
+
+    if a.models:
+        os.environ["SAFECUT_MODELS_DIR"] = os.path.abspath(a.models)
+    if a.offline:
+        os.environ["SAFECUT_OFFLINE"] = "1"
+    opts = pipeline.Options(
+        ben2_model=a.ben2_model, device=a.device, threads=a.threads, background=a.background,
+        refine_edges=a.refine_edges, batch_size=a.batch_size, pattern=a.pattern,
+        caption=a.caption, florence_model=a.florence_model, task=a.task, precision=a.precision,
+        max_new_tokens=a.max_new_tokens, num_beams=a.num_beams,
+        nudenet=a.nudenet, nudenet_model=a.nudenet_model, nudenet_threshold=a.nudenet_threshold,
+        gate=a.gate or a.classify, policy=a.policy, classify=a.classify, llm_family=a.llm_family,
+        quantization=a.quantization, llm_model=a.llm_model, n_gpu_layers=a.n_gpu_layers, threshold=a.threshold,
+        save_unsafe=not a.skip_unsafe)
+    t0 = time.perf_counter()
+    try:
+        summary = pipeline.run(a.input_dir, a.out, opts, progress=None if a.quiet else
+                               (lambda d, n, f: _bar(d, n, f, t0)))
+    except Exception as exc:  # setup errors (no input dir, missing model…) are one clear line
+        print(f"safecut: {exc}", file=sys.stderr)
+        return 2
+    print(f"SafeCut: {summary.ok}/{summary.images} image(s) done, {summary.failed} failed"
+          + (f", {summary.safe} safe, {summary.unsafe} unsafe" if opts.gate else "")
+          + f" in {summary.seconds:.1f}s; report: {summary.report}")
+    return summary.exit_code
+
+
+def cmd_models(a) -> int:
+    from . import modelfiles
+    from .registry import REGISTRY
+
+    if a.models:
+        os.environ["SAFECUT_MODELS_DIR"] = os.path.abspath(a.models)
+    if a.action == "list":
+        for kind in modelfiles.FOLDERS:
+            print(f"{kind}: folders {modelfiles.search_dirs(kind)}")
+            on_disk = modelfiles.list_models(kind)
+            for name in on_disk:
+                print(f"  [on disk] {name}")
+            for s in REGISTRY.values():
+                if s.kind == kind and s.name not in on_disk:
+                    print(f"  [fetchable] {s.name}  ({s.repo_id}, {s.license or 'see repo'})")
+        return 0
+    if a.action == "fetch":
+        names = list(a.names)
+        if a.profile:
+            from .profiles import PROFILES
+
+            names += PROFILES[a.profile]
+        if not names:
+            print("safecut: name a model or --profile", file=sys.stderr)
+            return 2
+        rc = 0
+        for name in names:
+            spec = REGISTRY.get(name)
+            if spec is None:
+                print(f"safecut: unknown model '{name}'; known: {', '.join(sorted(REGISTRY))}", file=sys.stderr)
+                rc = 2
+                continue
+            try:
+                print(modelfiles.resolve(spec.kind, name, allow_download=True))
+            except Exception as exc:
+                print(f"safecut: {exc}", file=sys.stderr)
+                rc = 1
+        return rc
+    if a.action == "verify":
+        rc = 0
+        for kind in modelfiles.FOLDERS:
+            for name in modelfiles.list_models(kind):
+                path = modelfiles.find(kind, name)
+                spec = REGISTRY.get(name)
+                try:
+                    if spec:
+                        modelfiles.check_files(spec, path)
+                    digest = modelfiles.sha256_file(path) if os.path.isfile(path) else "(directory)"
+                    print(f"ok  {kind}/{name}  sha256={digest}")
+                except Exception as exc:
+                    print(f"BAD {kind}/{name}: {exc}")
+                    rc = 1
+        return rc
+    if a.action == "quantize":
+        from .quantize import quantize_ben2
+
+        out = quantize_ben2(a.names[0], a.output)
+        print(out)
+        return 0
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m safecut", description="SafeCut headless tools")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="cut out (and optionally caption/judge) every image of a folder")
+    r.add_argument("input_dir")
+    r.add_argument("--out", required=True, help="output folder: cutout PNGs + report.jsonl")
+    r.add_argument("--models", help="models root (default: $SAFECUT_MODELS_DIR or ./models)")
+    r.add_argument("--offline", action="store_true", help="never download; fail with the fetch command instead")
+    r.add_argument("--device", default="auto", choices=["auto", "CPU", "CUDA"])
+    r.add_argument("--threads", type=int, default=0)
+    r.add_argument("--batch-size", type=int, default=4)
+    r.add_argument("--pattern", default="*")
+    r.add_argument("--ben2-model", default="BEN2_Base.onnx")
+    r.add_argument("--background", default="alpha", choices=["alpha", "white", "black"])
+    r.add_argument("--refine-edges", action="store_true")
+    r.add_argument("--caption", action="store_true", help="Florence-2 caption")
+    r.add_argument("--florence-model", default="Florence-2-base-ft")
+    r.add_argument("--task", default="caption", choices=["caption", "detailed caption", "more detailed caption"])
+    r.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    r.add_argument("--max-new-tokens", type=int, default=64)
+    r.add_argument("--num-beams", type=int, default=3)
+    r.add_argument("--nudenet", action="store_true", help="NudeNet detector (an unsafe hit decides UNSAFE)")
+    r.add_argument("--nudenet-model", default="320n.onnx")
+    r.add_argument("--nudenet-threshold", type=float, default=0.5)
+    r.add_argument("--gate", action="store_true", help="keyword gate on the captions")
+    r.add_argument("--policy", default="review", choices=["review", "strict"])
+    r.add_argument("--classify", action="store_true", help="Llama classifier for captions the gate can't decide")
+    r.add_argument("--llm-family", default="Llama-Guard-3-1B")
+    r.add_argument("--quantization", default="Q4_K_M")
+    r.add_argument("--llm-model", default="", help="explicit GGUF file (overrides family/quantization)")
+    r.add_argument("--n-gpu-layers", type=int, default=-1)
+    r.add_argument("--threshold", type=float, default=0.5)
+    r.add_argument("--skip-unsafe", action="store_true", help="do not write cutouts of UNSAFE images")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=cmd_run)
+
+    m = sub.add_parser("models", help="list / fetch / verify / quantize models")
+    m.add_argument("action", choices=["list", "fetch", "verify", "quantize"])
+    m.add_argument("names", nargs="*")
+    m.add_argument("--profile", choices=["cpu-fast", "cpu-full", "gpu-full"])
+    m.add_argument("--models", help="models root (default: $SAFECUT_MODELS_DIR or ./models)")
+    m.add_argument("--output", help="quantize: output file")
+    m.set_defaults(func=cmd_models)
+
+    try:
+        from . import workflows
+
+        workflows.add_cli(sub)
+    except ImportError:
+        pass
+    try:
+        from . import client
+
+        client.add_cli(sub)
+    except ImportError:
+        pass
+    return p
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    return int(a.func(a) or 0)

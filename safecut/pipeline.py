@@ -1,0 +1,191 @@
+"""The headless pipeline: the same engines as the nodes, no ComfyUI.
+
+For each chunk of images: decode -> BEN2 cutout -> (Florence-2 caption) -> (NudeNet) -> (keyword gate)
+-> (Llama classifier, only for undecided captions) -> RGBA PNG with the verdict in its metadata, and one
+``report.jsonl`` line per input file (errors included: a broken file is reported, never dropped).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from . import ben2, gate, imaging
+
+
+@dataclass
+class Options:
+    ben2_model: str = ben2.DEFAULT_MODEL
+    device: str = "auto"
+    threads: int = 0
+    background: str = "alpha"
+    refine_edges: bool = False
+    batch_size: int = 4
+    pattern: str = "*"
+    caption: bool = False
+    florence_model: str = "Florence-2-base-ft"
+    task: str = "caption"
+    precision: str = "auto"
+    max_new_tokens: int = 64
+    num_beams: int = 3
+    nudenet: bool = False
+    nudenet_model: str = "320n.onnx"
+    nudenet_threshold: float = 0.5
+    gate: bool = False
+    policy: str = "review"
+    safe_keywords: str = gate.DEFAULT_SAFE_KEYWORDS
+    unsafe_keywords: str = gate.DEFAULT_UNSAFE_KEYWORDS
+    classify: bool = False
+    llm_family: str = "Llama-Guard-3-1B"
+    quantization: str = "Q4_K_M"
+    llm_model: str = ""          # explicit GGUF file name/path; overrides family + quantization
+    n_gpu_layers: int = -1
+    threshold: float = 0.5
+    save_unsafe: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Summary:
+    images: int = 0
+    ok: int = 0
+    failed: int = 0
+    safe: int = 0
+    unsafe: int = 0
+    seconds: float = 0.0
+    report: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+def _classifier(opts: Options):
+    from . import guard
+
+    return guard.SafetyClassifier.from_choice(
+        opts.llm_model or opts.llm_family, opts.quantization, n_gpu_layers=opts.n_gpu_layers,
+        threads=opts.threads, threshold=opts.threshold)
+
+
+def run(input_dir: str, out_dir: str, opts: Options | None = None,
+        progress: Callable[[int, int, str], None] | None = None) -> Summary:
+    opts = opts or Options()
+    if opts.classify and not opts.gate:
+        opts.gate = True  # the classifier is reached through the gate (it settles the clear cases first)
+    files = imaging.list_images(input_dir, pattern=opts.pattern, sort="natural")
+    os.makedirs(out_dir, exist_ok=True)
+    report_path = os.path.join(out_dir, "report.jsonl")
+    summary = Summary(images=len(files), report=report_path)
+    t_all = time.perf_counter()
+    keyword_gate = gate.KeywordGate(opts.safe_keywords, opts.unsafe_keywords, opts.policy) if opts.gate else None
+    classifier = _classifier(opts) if opts.classify else None
+    done = 0
+    with open(report_path, "w", encoding="utf-8") as report:
+        for start in range(0, len(files), max(1, opts.batch_size)):
+            chunk = files[start:start + max(1, opts.batch_size)]
+            for line in _process_chunk(chunk, input_dir, out_dir, opts, keyword_gate, classifier):
+                report.write(json.dumps(line, ensure_ascii=False) + "\n")
+                report.flush()
+                done += 1
+                if line.get("error"):
+                    summary.failed += 1
+                else:
+                    summary.ok += 1
+                    summary.safe += line.get("verdict") == gate.SAFE
+                    summary.unsafe += line.get("verdict") == gate.UNSAFE
+                if progress:
+                    progress(done, len(files), line["file"])
+    summary.seconds = time.perf_counter() - t_all
+    return summary
+
+
+def _process_chunk(files, input_dir, out_dir, opts: Options, keyword_gate, classifier) -> list[dict]:
+    lines, frames, alphas = [], [], []
+    for f in files:
+        rel = os.path.relpath(f, input_dir)
+        try:
+            d = imaging.decode_image(f)
+            frames.append(d.rgb)
+            alphas.append(d.alpha)
+            lines.append({"file": rel, "size": [int(d.rgb.shape[1]), int(d.rgb.shape[0])]})
+        except Exception as exc:
+            lines.append({"file": rel, "error": f"{type(exc).__name__}: {exc}"})
+    good = [ln for ln in lines if "error" not in ln]
+    if not good:
+        return lines
+    try:
+        _run_models(good, frames, out_dir, opts, keyword_gate, classifier)
+    except Exception as exc:  # a model failure fails the chunk's images, loudly, never as SAFE
+        for ln in good:
+            ln["error"] = f"{type(exc).__name__}: {exc}"
+            ln.pop("verdict", None)
+    return lines
+
+
+def _run_models(lines, frames, out_dir, opts: Options, keyword_gate, classifier) -> None:
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    cut = ben2.remove_background(frames, opts.ben2_model, device=opts.device, threads=opts.threads,
+                                 batch_size=opts.batch_size)
+    timings["ben2"] = time.perf_counter() - t
+    devices = {"ben2": cut.device.describe()}
+    captions = [""] * len(frames)
+    if opts.caption:
+        from . import florence
+
+        t = time.perf_counter()
+        res = florence.caption_images(frames, opts.florence_model, task=opts.task, device=opts.device,
+                                      precision=opts.precision, max_new_tokens=opts.max_new_tokens,
+                                      num_beams=opts.num_beams, batch_size=opts.batch_size)
+        captions = list(res.captions)
+        timings["caption"] = time.perf_counter() - t
+        devices["florence2"] = res.device.describe()
+    nude = [None] * len(frames)
+    nude_info: list[dict | None] = [None] * len(frames)
+    if opts.nudenet:
+        from . import nudenet
+
+        t = time.perf_counter()
+        nres = nudenet.detect(frames, model=opts.nudenet_model, device=opts.device, threshold=opts.nudenet_threshold,
+                              threads=opts.threads)
+        nude = [r.is_unsafe for r in nres.results]
+        nude_info = [{"is_unsafe": r.is_unsafe, "max_score": r.max_score, "detections": r.detections}
+                     for r in nres.results]
+        timings["nudenet"] = time.perf_counter() - t
+        devices["nudenet"] = nres.device.describe()
+    decisions = None
+    if keyword_gate is not None:
+        decisions = keyword_gate.decide_all(captions, nude if opts.nudenet else None)
+        if classifier is not None and gate.undecided(decisions):
+            t = time.perf_counter()
+            gate.settle(decisions, classifier.classify)
+            timings["classifier"] = time.perf_counter() - t
+            devices["llama"] = classifier.device_description()
+        else:
+            gate.settle(decisions, None)
+    for i, (ln, frame, mask) in enumerate(zip(lines, frames, cut.masks)):
+        entry = {"caption": captions[i] if opts.caption else None}
+        if decisions is not None:
+            d = decisions[i]
+            entry.update(verdict=d.verdict, decided_by=d.decided_by, p_unsafe=d.p_unsafe, categories=d.categories,
+                         reason=d.reason, safe_hits=d.safe_hits, unsafe_hits=d.unsafe_hits)
+        if opts.nudenet:
+            entry["nudenet"] = nude_info[i]
+        ln.update(entry)
+        ln["devices"] = devices
+        ln["timings"] = {k: round(v / len(frames), 4) for k, v in timings.items()}  # per image (chunk average)
+        fg = ben2.refine_foreground(frame, mask) if opts.refine_edges else frame
+        rgb, rgba = ben2.composite(fg, mask, opts.background)
+        if decisions is not None and ln.get("verdict") == gate.UNSAFE and not opts.save_unsafe:
+            ln["output"] = None
+            continue
+        name = imaging.sanitize_filename(os.path.splitext(os.path.basename(ln["file"]))[0]) + ".png"
+        meta = {"safecut": json.dumps({k: v for k, v in ln.items() if k != "output"}, ensure_ascii=False)}
+        ln["output"] = os.path.basename(imaging.save_png_atomic(os.path.join(out_dir, name), rgba, meta))
+
+
+def describe(opts: Options) -> dict:
+    return asdict(opts)
