@@ -83,7 +83,12 @@ def run(input_dir: str, out_dir: str, opts: Options | None = None,
     keyword_gate = gate.KeywordGate(opts.safe_keywords, opts.unsafe_keywords, opts.policy) if opts.gate else None
     classifier = _classifier(opts) if opts.classify else None
     done = 0
+    refused = list(getattr(files, "refused", []))  # links leading outside the folder, broken links
+    summary.images += len(refused)
     with open(report_path, "w", encoding="utf-8") as report:
+        for r in refused:
+            report.write(json.dumps({"file": r["file"], "error": r["error"]}, ensure_ascii=False) + "\n")
+            summary.failed += 1
         for start in range(0, len(files), max(1, opts.batch_size)):
             chunk = files[start:start + max(1, opts.batch_size)]
             for line in _process_chunk(chunk, input_dir, out_dir, opts, keyword_gate, classifier):
