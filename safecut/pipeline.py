@@ -12,7 +12,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from . import ben2, gate, imaging
+from . import ben2, imaging
+from . import gate as gating  # 'gate' is also an option name
 
 
 @dataclass
@@ -35,8 +36,8 @@ class Options:
     nudenet_threshold: float = 0.5
     gate: bool = False
     policy: str = "review"
-    safe_keywords: str = gate.DEFAULT_SAFE_KEYWORDS
-    unsafe_keywords: str = gate.DEFAULT_UNSAFE_KEYWORDS
+    safe_keywords: str = gating.DEFAULT_SAFE_KEYWORDS
+    unsafe_keywords: str = gating.DEFAULT_UNSAFE_KEYWORDS
     classify: bool = False
     llm_family: str = "Llama-Guard-3-1B"
     quantization: str = "Q4_K_M"
@@ -76,11 +77,12 @@ def run(input_dir: str, out_dir: str, opts: Options | None = None,
     if opts.classify and not opts.gate:
         opts.gate = True  # the classifier is reached through the gate (it settles the clear cases first)
     files = imaging.list_images(input_dir, pattern=opts.pattern, sort="natural")
+    preflight(opts)
     os.makedirs(out_dir, exist_ok=True)
     report_path = os.path.join(out_dir, "report.jsonl")
     summary = Summary(images=len(files), report=report_path)
     t_all = time.perf_counter()
-    keyword_gate = gate.KeywordGate(opts.safe_keywords, opts.unsafe_keywords, opts.policy) if opts.gate else None
+    keyword_gate = gating.KeywordGate(opts.safe_keywords, opts.unsafe_keywords, opts.policy) if opts.gate else None
     classifier = _classifier(opts) if opts.classify else None
     done = 0
     refused = list(getattr(files, "refused", []))  # links leading outside the folder, broken links
@@ -99,12 +101,21 @@ def run(input_dir: str, out_dir: str, opts: Options | None = None,
                     summary.failed += 1
                 else:
                     summary.ok += 1
-                    summary.safe += line.get("verdict") == gate.SAFE
-                    summary.unsafe += line.get("verdict") == gate.UNSAFE
+                    summary.safe += line.get("verdict") == gating.SAFE
+                    summary.unsafe += line.get("verdict") == gating.UNSAFE
                 if progress:
                     progress(done, len(files), line["file"])
     summary.seconds = time.perf_counter() - t_all
     return summary
+
+
+def preflight(opts: Options) -> None:
+    """Find (or fetch) every model before the first image: a missing model is one clear error, not N."""
+    from . import modelfiles
+
+    modelfiles.resolve("ben2", opts.ben2_model)
+    if opts.caption:
+        modelfiles.resolve("florence2", opts.florence_model)
 
 
 def _process_chunk(files, input_dir, out_dir, opts: Options, keyword_gate, classifier) -> list[dict]:
@@ -164,13 +175,13 @@ def _run_models(lines, frames, out_dir, opts: Options, keyword_gate, classifier)
     decisions = None
     if keyword_gate is not None:
         decisions = keyword_gate.decide_all(captions, nude if opts.nudenet else None)
-        if classifier is not None and gate.undecided(decisions):
+        if classifier is not None and gating.undecided(decisions):
             t = time.perf_counter()
-            gate.settle(decisions, classifier.classify)
+            gating.settle(decisions, classifier.classify)
             timings["classifier"] = time.perf_counter() - t
             devices["llama"] = classifier.device_description()
         else:
-            gate.settle(decisions, None)
+            gating.settle(decisions, None)
     for i, (ln, frame, mask) in enumerate(zip(lines, frames, cut.masks)):
         entry = {"caption": captions[i] if opts.caption else None}
         if decisions is not None:
@@ -184,7 +195,7 @@ def _run_models(lines, frames, out_dir, opts: Options, keyword_gate, classifier)
         ln["timings"] = {k: round(v / len(frames), 4) for k, v in timings.items()}  # per image (chunk average)
         fg = ben2.refine_foreground(frame, mask) if opts.refine_edges else frame
         rgb, rgba = ben2.composite(fg, mask, opts.background)
-        if decisions is not None and ln.get("verdict") == gate.UNSAFE and not opts.save_unsafe:
+        if decisions is not None and ln.get("verdict") == gating.UNSAFE and not opts.save_unsafe:
             ln["output"] = None
             continue
         name = imaging.sanitize_filename(os.path.splitext(os.path.basename(ln["file"]))[0]) + ".png"

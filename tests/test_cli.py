@@ -1,0 +1,75 @@
+"""The headless command line, run as users run it: python -m safecut run …"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, TINY_BEN2
+
+
+def safecut(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "safecut", *args], capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, **(env or {})), timeout=timeout)
+
+
+@pytest.fixture()
+def inputs(tmp_path):
+    d = tmp_path / "in"
+    shutil.copytree(os.path.join(ROOT, "examples", "images"), d)
+    return d
+
+
+def _models(tiny_ben2_path):
+    return os.path.dirname(os.path.dirname(tiny_ben2_path))
+
+
+def test_run_writes_cutouts_and_report(inputs, tmp_path, tiny_ben2_path):
+    out = tmp_path / "out"
+    r = safecut("run", str(inputs), "--out", str(out), "--models", _models(tiny_ben2_path),
+                "--ben2-model", TINY_BEN2, "--device", "CPU")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(l) for l in (out / "report.jsonl").read_text().splitlines()]
+    assert sorted(l["file"] for l in lines) == ["bottle.png", "mug.jpg", "sticker.png"]
+    for l in lines:
+        assert "error" not in l and l["devices"]["ben2"] == "CPU" and l["timings"]["ben2"] > 0
+        png = Image.open(out / l["output"])
+        assert png.mode == "RGBA" and list(png.size) == l["size"]
+        assert json.loads(png.text["safecut"])["file"] == l["file"]
+    assert "3/3 image(s) done, 0 failed" in r.stdout
+    assert "3/3" in r.stderr  # progress bar
+
+
+def test_broken_file_is_reported_and_exit_code_is_nonzero(inputs, tmp_path, tiny_ben2_path):
+    (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    out = tmp_path / "out"
+    r = safecut("run", str(inputs), "--out", str(out), "--models", _models(tiny_ben2_path),
+                "--ben2-model", TINY_BEN2, "--quiet")
+    assert r.returncode == 1
+    lines = {json.loads(l)["file"]: json.loads(l) for l in (out / "report.jsonl").read_text().splitlines()}
+    assert "broken.png" in lines[ "broken.png"]["error"] and "output" not in lines["broken.png"]
+    assert all("error" not in v for k, v in lines.items() if k != "broken.png")  # the rest still processed
+    assert "1 failed" in r.stdout
+
+
+def test_missing_model_offline_is_one_clear_line(inputs, tmp_path):
+    r = safecut("run", str(inputs), "--out", str(tmp_path / "o"), "--models", str(tmp_path / "none"), "--offline")
+    assert r.returncode == 2
+    assert "BEN2_Base.onnx" in r.stderr and "python -m safecut models fetch BEN2_Base.onnx" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_models_list_and_verify(tiny_ben2_path):
+    r = safecut("models", "list", "--models", _models(tiny_ben2_path))
+    assert r.returncode == 0 and "[on disk] tiny-ben2.onnx" in r.stdout and "[fetchable] BEN2_Base.onnx" in r.stdout
+    r = safecut("models", "verify", "--models", _models(tiny_ben2_path))
+    assert r.returncode == 0 and "ok  ben2/tiny-ben2.onnx" in r.stdout
+
+
+def test_fetch_unknown_model_is_usage_error():
+    r = safecut("models", "fetch", "nope.onnx")
+    assert r.returncode == 2 and "unknown model" in r.stderr
