@@ -1,0 +1,99 @@
+"""SafeCut NudeNet Detector: exposed-content detection (NudeNet 320n/640m on ONNX Runtime), per-image verdicts
+for the Keyword Gate, a mask of the flagged boxes and an optionally censored image."""
+from __future__ import annotations
+
+import os
+
+from ..safecut import modelfiles, nudenet
+from .common import CATEGORY, DEVICE, KEEP_LOADED, THREADS, Progress, combo, dumps, images_to_numpy, timer, \
+    to_image_tensor, to_mask_tensor, ui_result
+
+LABELS_TOOLTIP = (
+    "Labels that make an image UNSAFE, comma or newline separated ('#' starts a comment). All 18 NudeNet "
+    "labels: FEMALE_GENITALIA_COVERED, FACE_FEMALE, BUTTOCKS_EXPOSED, FEMALE_BREAST_EXPOSED, "
+    "FEMALE_GENITALIA_EXPOSED, MALE_BREAST_EXPOSED, ANUS_EXPOSED, FEET_EXPOSED, BELLY_COVERED, FEET_COVERED, "
+    "ARMPITS_COVERED, ARMPITS_EXPOSED, FACE_MALE, BELLY_EXPOSED, MALE_GENITALIA_EXPOSED, ANUS_COVERED, "
+    "FEMALE_BREAST_COVERED, BUTTOCKS_COVERED. The default is the five exposed sexual labels. An unknown "
+    "label is an error (a typo must not switch a label off). Every label is still detected and listed in "
+    "detections_json; only these decide is_unsafe, the mask and the censoring.")
+
+
+def model_choices() -> list[str]:
+    """The bundled 320n first, then what models/nudenet holds, then registry models that can be fetched."""
+    names = [nudenet.BUNDLED_MODEL]
+    names += [n for n in modelfiles.choices("nudenet") if n not in names]
+    return names
+
+
+class SafeCutNudeNetDetector:
+    DESCRIPTION = ("Detects exposed body parts with NudeNet (YOLOv8, ONNX Runtime). An image is UNSAFE when one of "
+                   "the unsafe labels scores at least the threshold. Connect 'nudenet' to the Keyword Gate: an "
+                   "unsafe hit decides UNSAFE without the LLM. Also outputs a mask of the flagged boxes and a "
+                   "censored copy. Note: NudeNet's model weights are AGPL-3.0 (its code is MIT).")
+    CATEGORY = CATEGORY
+    FUNCTION = "run"
+    RETURN_TYPES = ("SAFECUT_NUDENET", "BOOLEAN", "FLOAT", "STRING", "MASK", "IMAGE")
+    RETURN_NAMES = ("nudenet", "is_unsafe", "max_score", "detections_json", "mask", "censored")
+    OUTPUT_IS_LIST = (False, True, True, False, False, False)
+    OUTPUT_TOOLTIPS = (
+        "Per-image results {is_unsafe, max_score, detections} for the SafeCut Keyword Gate.",
+        "One boolean per image: an unsafe label scored >= threshold.",
+        "One number per image: the highest unsafe-label score found (also below the threshold, to tune it).",
+        "JSON: model, device, threshold, unsafe labels and, per image, every detection "
+        "{label, score, box [x, y, w, h] in original pixels, unsafe}.",
+        "1 inside the boxes of the unsafe detections, 0 elsewhere [B,H,W].",
+        "The input with the unsafe boxes blurred / pixelated / blacked out (unchanged with censor = none).",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "Images to check (a batch, or a list: one run per item)."}),
+            "model": combo(model_choices(), nudenet.DEFAULT_MODEL,
+                           "NudeNet ONNX model. 320n.onnx (fast, 320 px) ships inside the 'nudenet' pip package; "
+                           "640m.onnx (more accurate, 640 px, slower) and other .onnx files go in models/nudenet "
+                           "(640m.onnx is downloaded on first use when downloads are allowed)."),
+            "device": DEVICE,
+            "threshold": ("FLOAT", {"default": 0.5, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip":
+                          "Minimum label score for a detection. Lower flags more (and more false alarms: around "
+                          "0.3 some product photos already score); higher flags less. 0.5 is a balanced default."}),
+            "unsafe_labels": ("STRING", {"default": "\n".join(nudenet.DEFAULT_UNSAFE), "multiline": True,
+                              "tooltip": LABELS_TOOLTIP}),
+            "censor": combo(nudenet.CENSOR_MODES, "none",
+                            "What 'censored' does to the unsafe boxes: none (pass the image through), blur, "
+                            "pixelate, or black (filled). Pixels outside the boxes are never changed."),
+            "threads": THREADS,
+            "keep_model_loaded": KEEP_LOADED,
+        }}
+
+    def run(self, image, model, device, threshold, unsafe_labels, censor, threads, keep_model_loaded):
+        t0 = timer()
+        frames = images_to_numpy(image)
+        labels = nudenet.parse_labels(unsafe_labels)           # fail before the model loads
+        res = nudenet.detect(frames, model=model, device=device, threshold=threshold, unsafe_labels=labels,
+                             threads=threads, keep_loaded=keep_model_loaded,
+                             strict=os.environ.get("SAFECUT_STRICT_DEVICE") == "1",
+                             progress=Progress(len(frames)))
+        masks = [nudenet.mask_from_detections(r.detections, f.shape[0], f.shape[1])
+                 for f, r in zip(frames, res.results)]
+        if censor == "none":
+            passthrough = hasattr(image, "detach") and image.ndim == 4 and image.shape[-1] == 3
+            censored = image if passthrough else to_image_tensor(frames)
+        else:
+            censored = to_image_tensor([nudenet.censor(f, r.detections, censor) for f, r in zip(frames, res.results)])
+        seconds = timer() - t0
+        flagged = sum(r.is_unsafe for r in res.results)
+        report = {"model": os.path.basename(res.model), "device": res.device.describe(), "input_size": res.input_size,
+                  "threshold": float(threshold), "unsafe_labels": list(labels),
+                  "images": [dict(r.as_dict(), index=i) for i, r in enumerate(res.results)]}
+        info = (f"NudeNet {os.path.basename(res.model)} on {res.device.describe()}: {flagged}/{len(frames)} unsafe "
+                f"in {seconds:.2f}s")
+        if not labels:
+            info += " (no unsafe labels selected: nothing can be flagged)"
+        result = ([r.as_dict() for r in res.results], [bool(r.is_unsafe) for r in res.results],
+                  [float(r.max_score) for r in res.results], dumps(report), to_mask_tensor(masks), censored)
+        return ui_result(result, device=res.device.describe(), seconds=round(seconds, 3), text=info)
+
+
+NODE_CLASS_MAPPINGS = {"SafeCutNudeNetDetector": SafeCutNudeNetDetector}
+NODE_DISPLAY_NAME_MAPPINGS = {"SafeCutNudeNetDetector": "SafeCut NudeNet Detector"}
