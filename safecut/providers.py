@@ -97,6 +97,22 @@ def ort_provider_list(requested: str) -> list[str]:
     return wanted + ["CPUExecutionProvider"]
 
 
+_preloaded = False
+
+
+def _preload_cuda(ort) -> None:
+    """onnxruntime-gpu >= 1.21 can load the CUDA/cuDNN libraries PyTorch already ships, instead of
+    needing a system CUDA toolkit (the usual cause of a silent CPU fallback). Once per process."""
+    global _preloaded
+    if _preloaded or not hasattr(ort, "preload_dlls"):
+        return
+    _preloaded = True
+    try:
+        ort.preload_dlls()
+    except Exception as exc:  # the session creation below still reports what it really got
+        warn_once(f"onnxruntime could not preload CUDA libraries ({exc})")
+
+
 def session_options(threads: int = 0, *, spinning: bool | None = None, optimized_path: str | None = None):
     ort = require("onnxruntime")
     so = ort.SessionOptions()
@@ -122,6 +138,8 @@ def create_ort_session(model, requested: str = "auto", *, threads: int = 0, stri
     ort = require("onnxruntime")
     req = normalize(requested)
     providers = ort_provider_list(req)
+    if "CUDAExecutionProvider" in providers:
+        _preload_cuda(ort)
     source = model
     opt_path = None
     if optimized_cache and isinstance(model, str) and providers == ["CPUExecutionProvider"]:
