@@ -1,0 +1,65 @@
+"""SafeCut Florence-2 Caption."""
+from __future__ import annotations
+
+import os
+
+from ..safecut import florence, modelfiles
+from .common import CATEGORY, DEVICE, KEEP_LOADED, Progress, check_interrupt, combo, images_to_numpy, timer, \
+    ui_result
+
+
+class SafeCutFlorence2Caption:
+    DESCRIPTION = ("Captions every image with Florence-2 (native transformers, no remote code). Deterministic: "
+                   "the same image always gets the same caption. Feed 'caption' to SafeCut Keyword Gate.")
+    CATEGORY = CATEGORY
+    FUNCTION = "run"
+    RETURN_TYPES = ("STRING", "STRING")
+    RETURN_NAMES = ("caption", "info")
+    OUTPUT_IS_LIST = (True, False)
+    OUTPUT_TOOLTIPS = ("One caption per input image, in order (a list).",
+                       "Device and precision actually used, and timings.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "Images to caption (a batch); the whole batch is captioned."}),
+            "model": combo(modelfiles.choices("florence2"), florence.DEFAULT_MODEL,
+                           "Florence-2 model folder (Hugging Face layout with config.json) in models/florence2 or "
+                           "models/LLM. Use the converted florence-community/Florence-2-* repos. Not on disk yet: "
+                           "it is downloaded on first use when downloads are allowed."),
+            "task": combo(list(florence.TASKS), "caption",
+                          "caption: one short sentence (fastest). detailed / more detailed caption: longer "
+                          "descriptions; raise max_new_tokens for them."),
+            "device": DEVICE,
+            "precision": combo(florence.PRECISIONS, "auto",
+                               "auto: fp16 on CUDA, fp32 on CPU. fp16/bf16 on CPU run fp32 (they are about 4x "
+                               "slower there); the precision actually used is shown in 'info'."),
+            "max_new_tokens": ("INT", {"default": 64, "min": 1, "max": 1024, "tooltip":
+                               "Longest caption in tokens: bounds the time per batch (~64 for 'caption', "
+                               "~256 for 'more detailed caption')."}),
+            "num_beams": ("INT", {"default": 3, "min": 1, "max": 8, "tooltip":
+                          "Beam search width (3 as in Florence-2's own examples). 1 = greedy, fastest. "
+                          "Decoding never samples, so results are repeatable."}),
+            "batch_size": ("INT", {"default": 8, "min": 1, "max": 64, "tooltip":
+                           "Images per generate call. Larger is faster on CUDA; on CPU 4-8 is plenty."}),
+            "keep_model_loaded": KEEP_LOADED,
+        }}
+
+    def run(self, image, model, task, device, precision, max_new_tokens, num_beams, batch_size, keep_model_loaded):
+        t0 = timer()
+        frames = images_to_numpy(image)
+        result = florence.caption_images(
+            frames, model, task=task, device=device, precision=precision, max_new_tokens=max_new_tokens,
+            num_beams=num_beams, batch_size=batch_size, keep_loaded=keep_model_loaded,
+            strict=os.environ.get("SAFECUT_STRICT_DEVICE") == "1", progress=Progress(len(frames)),
+            interrupt=check_interrupt)
+        seconds = timer() - t0
+        info = (f"Florence-2 {os.path.basename(str(model).rstrip('/'))} '{task}' on {result.device.describe()}, "
+                f"{result.dtype}{' (' + result.note + ')' if result.note else ''}: {len(frames)} caption(s) in "
+                f"{seconds:.2f}s (model load {result.load_seconds:.2f}s)")
+        return ui_result((list(result.captions), info), caption=list(result.captions),
+                         device=result.device.describe(), dtype=result.dtype, seconds=round(seconds, 3), text=info)
+
+
+NODE_CLASS_MAPPINGS = {"SafeCutFlorence2Caption": SafeCutFlorence2Caption}
+NODE_DISPLAY_NAME_MAPPINGS = {"SafeCutFlorence2Caption": "SafeCut Florence-2 Caption"}
