@@ -140,14 +140,20 @@ def test_missing_quantization_lists_present_ones_and_the_fetch_command(tiny_root
         guard.resolve_model("not a family")
 
 
-def test_registry_has_every_family_quantization_without_invented_hashes():
+def test_registry_has_every_family_quantization_and_pins_only_with_revision():
     from safecut.registry import REGISTRY
 
+    pinned = 0
     for fam in guard.FAMILIES:
         for q in guard.QUANTIZATIONS:
             spec = REGISTRY[guard.canonical_name(fam, q)]
             assert spec.kind == "llm" and "/" in spec.repo_id
-            assert spec.files[0].sha256 is None and spec.files[0].size is None
+            rf = spec.files[0]
+            assert (rf.sha256 is None) == (rf.size is None)      # pinned fully or not at all
+            if rf.sha256:
+                pinned += 1
+                assert len(rf.sha256) == 64 and spec.revision and len(spec.revision) == 40
+    assert pinned >= 4
 
 
 # ---- device --------------------------------------------------------------------------------------
