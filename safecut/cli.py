@@ -26,6 +26,15 @@ def cmd_run(a) -> int:
         os.environ["SAFECUT_MODELS_DIR"] = os.path.abspath(a.models)
     if a.offline:
         os.environ["SAFECUT_OFFLINE"] = "1"
+    if a.tiny_models:
+        from .testkit import demo
+
+        tiny = demo.prepare(a.models or None, florence=a.caption, llm=a.classify)
+        os.environ["SAFECUT_MODELS_DIR"] = tiny["models_dir"]
+        a.ben2_model = tiny["ben2_model"]
+        a.florence_model = tiny.get("florence_model", a.florence_model)
+        a.llm_model = tiny.get("llm_model", a.llm_model)
+        print("SafeCut: using tiny random-weight models (plumbing demo; results are meaningless)", file=sys.stderr)
     opts = pipeline.Options(
         ben2_model=a.ben2_model, device=a.device, threads=a.threads, background=a.background,
         refine_edges=a.refine_edges, batch_size=a.batch_size, pattern=a.pattern,
@@ -120,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="output folder: cutout PNGs + report.jsonl")
     r.add_argument("--models", help="models root (default: $SAFECUT_MODELS_DIR or ./models)")
     r.add_argument("--offline", action="store_true", help="never download; fail with the fetch command instead")
+    r.add_argument("--tiny-models", action="store_true",
+                   help="build and use tiny random-weight models (no downloads; for trying the plumbing)")
     r.add_argument("--device", default="auto", choices=["auto", "CPU", "CUDA"])
     r.add_argument("--threads", type=int, default=0)
     r.add_argument("--batch-size", type=int, default=4)

@@ -117,6 +117,7 @@ def session_options(threads: int = 0, *, spinning: bool | None = None, optimized
     ort = require("onnxruntime")
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3  # errors only: SafeCut reports provider fallbacks itself, once
     so.intra_op_num_threads = default_threads(threads)
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -73,3 +73,51 @@ def test_models_list_and_verify(tiny_ben2_path):
 def test_fetch_unknown_model_is_usage_error():
     r = safecut("models", "fetch", "nope.onnx")
     assert r.returncode == 2 and "unknown model" in r.stderr
+
+
+def test_full_pipeline_with_tiny_models_writes_captions_and_verdicts(inputs, tmp_path):
+    out = tmp_path / "out"
+    r = safecut("run", str(inputs), "--out", str(out), "--models", str(tmp_path / "tiny"), "--tiny-models",
+                "--caption", "--nudenet", "--classify", "--device", "CPU", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(l) for l in (out / "report.jsonl").read_text().splitlines()]
+    assert len(lines) == 3
+    for l in lines:
+        assert isinstance(l["caption"], str) and l["caption"]
+        assert l["verdict"] in ("SAFE", "UNSAFE") and l["decided_by"] in ("keywords", "classifier", "nudenet")
+        assert l["nudenet"]["is_unsafe"] is False and l["nudenet"]["detections"] == []
+        assert set(l["devices"]) == {"ben2", "florence2", "nudenet", "llama"} or l["decided_by"] != "classifier"
+        if l["decided_by"] == "classifier":
+            assert 0.0 <= l["p_unsafe"] <= 1.0
+        png = Image.open(out / l["output"])
+        assert json.loads(png.text["safecut"])["verdict"] == l["verdict"]
+    assert "tiny random-weight models" in r.stderr
+
+
+
+@pytest.mark.parametrize("captions,llama_loads", [(["a red mug", "a green bottle", "a sticker of a cat"], 0),
+                                                   (["a red mug", "a kitchen knife", "a cat"], 1)])
+def test_pipeline_loads_the_classifier_only_for_undecided(inputs, tmp_path, monkeypatch, captions, llama_loads):
+    from safecut import florence, pipeline
+    from safecut.cache import get_cache
+    from safecut.testkit import demo
+
+    tiny = demo.prepare(str(tmp_path / "tiny"), florence=False, llm=True)
+    monkeypatch.setenv("SAFECUT_MODELS_DIR", tiny["models_dir"])
+    fixed = iter(captions)
+    monkeypatch.setattr(florence, "caption_images", lambda frames, *a, **k: florence.CaptionResult(
+        [next(fixed) for _ in frames], pipeline.ben2.providers.DeviceChoice("auto", "CPU"), "float32", 0.0))
+    monkeypatch.setattr(pipeline, "preflight", lambda opts: None)
+    cache = get_cache()
+    cache.unload()
+    loads = []
+    cache.add_listener(lambda ev, key: loads.append(key.kind) if ev == "load" else None)
+    summary = pipeline.run(str(inputs), str(tmp_path / "out"), pipeline.Options(
+        ben2_model=tiny["ben2_model"], caption=True, classify=True, llm_model=tiny["llm_model"], threads=1))
+    assert summary.failed == 0 and summary.images == 3
+    assert loads.count("llama") == llama_loads
+    lines = [json.loads(l) for l in open(summary.report)]
+    by = {l["caption"]: l["decided_by"] for l in lines}
+    assert by["a red mug"] == "keywords"
+    if llama_loads:
+        assert by["a kitchen knife"] == "classifier"
