@@ -2,7 +2,10 @@
 
 Importing this pack is cheap: no torch/onnxruntime/transformers/llama_cpp, no downloads, no installs.
 """
-from .nodes import IMPORT_ERRORS, NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+if __package__:  # ComfyUI imports the folder as a package
+    from .nodes import IMPORT_ERRORS, NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+else:  # imported as a loose file (e.g. a test runner collecting the repo root): nothing to register
+    IMPORT_ERRORS, NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}, {}
 
 WEB_DIRECTORY = "./js"
 
