@@ -106,13 +106,28 @@ def parse_report(reports, count: int, names: list[str]) -> list[dict] | None:
         return str(v) if v is not None else None
 
     if names and entries and all(key(e) for e in entries):
-        by_name: dict[str, dict] = {}
+        if len(set(names)) != len(names):  # the same name twice: names cannot tell these images apart
+            same_order = len(entries) == count and all(
+                key(e) == n or os.path.basename(key(e)) == os.path.basename(n) for e, n in zip(entries, names))
+            if same_order:
+                return [dict(e) for e in entries]
+            return [_failed(f"file name '{n}' occurs more than once and the report's entries are not in the "
+                            f"images' order; cannot tell which entry is this image's") for n in names]
+        exact: dict[str, list] = {}
+        base: dict[str, list] = {}
         for e in entries:
-            by_name.setdefault(key(e), e)
-            by_name.setdefault(os.path.basename(key(e)), e)
-        return [dict(by_name[n]) if n in by_name else
-                dict(by_name[os.path.basename(n)]) if os.path.basename(n) in by_name else
-                _failed(f"report has no entry for '{n}'") for n in names]
+            exact.setdefault(key(e), []).append(e)
+            base.setdefault(os.path.basename(key(e)), []).append(e)
+
+        def match(n: str) -> dict:  # an ambiguous name (two entries) fails closed: never a guess
+            found = exact.get(n) or base.get(os.path.basename(n))
+            if not found:
+                return _failed(f"report has no entry for '{n}'")
+            if len(found) > 1:
+                return _failed(f"report has {len(found)} entries for '{n}'; cannot tell which is this image's")
+            return dict(found[0])
+
+        return [match(n) for n in names]
     if len(entries) != count:
         return [_failed(f"report has {len(entries)} entries for {count} image(s); connect the gate to the "
                         f"same images") for _ in range(count)]

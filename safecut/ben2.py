@@ -17,7 +17,7 @@ import numpy as np
 
 from . import modelfiles, providers
 from .cache import ModelKey, get_cache
-from .errors import BadInputError, SafeCutError
+from .errors import BadInputError, DeviceUnavailableError, SafeCutError
 from .registry import REGISTRY
 
 BACKGROUNDS = ["alpha", "white", "black", "custom"]
@@ -66,7 +66,7 @@ def _optimized_cache_path(model_path: str) -> str | None:
         import onnxruntime as ort
 
         st = os.stat(model_path)
-        tag = f"{model_path}|{st.st_size}|{st.st_mtime_ns}|{ort.__version__}|{platform.machine()}|{platform.processor()}"
+        tag = f"{model_path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{ort.__version__}|{platform.machine()}|{platform.processor()}"
     except (OSError, ImportError):
         return None
     root = os.environ.get("SAFECUT_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "safecut")
@@ -83,9 +83,12 @@ def load_model(path: str, device: str = "auto", threads: int = 0, *, strict: boo
     sess, choice = providers.create_ort_session(path, device, threads=threads, strict=strict,
                                                 optimized_cache=_optimized_cache_path(path))
     inputs, outputs = sess.get_inputs(), sess.get_outputs()
-    if len(inputs) != 1 or len(inputs[0].shape) != 4:
+    out_shape = list(outputs[0].shape) if outputs else []
+    mask_like = len(out_shape) == 4 and not (isinstance(out_shape[1], int) and out_shape[1] != 1)
+    if len(inputs) != 1 or len(inputs[0].shape) != 4 or not mask_like:
         raise SafeCutError(f"'{os.path.basename(path)}' does not look like a BEN2 model: it needs one input "
-                           f"[N,3,H,W], it has {[(i.name, i.shape) for i in inputs]}.")
+                           f"[N,3,H,W] and a mask output [N,1,H,W]; it has inputs "
+                           f"{[(i.name, i.shape) for i in inputs]}, outputs {[(o.name, o.shape) for o in outputs]}.")
     shape = inputs[0].shape
     pre = preprocess_params(path)
     h = shape[2] if isinstance(shape[2], int) and shape[2] > 0 else pre["size"]
@@ -153,15 +156,22 @@ def remove_background(images: list[np.ndarray], model: str = DEFAULT_MODEL, *, d
                       threads: int = 0, batch_size: int = 0, keep_loaded: bool = True, strict: bool = False,
                       progress: Callable[[int], None] | None = None) -> Ben2Run:
     path = modelfiles.resolve("ben2", model)
-    key = ModelKey("ben2", path, providers.normalize(device), "", providers.default_threads(threads))
     cache = get_cache()
     loads_before = cache.stats()["load_seconds"]
     t0 = time.perf_counter()
-    with cache.use(key, lambda: load_model(path, device, threads, strict=strict), files=[path],
-                   keep_loaded=keep_loaded) as m:
-        masks = run_model(m, images, batch_size, progress)
-        choice = m.device
-    return Ben2Run(masks, choice, time.perf_counter() - t0, cache.stats()["load_seconds"] - loads_before)
+
+    def attempt(dev: str) -> Ben2Run:
+        key = ModelKey("ben2", path, providers.normalize(dev), "", providers.default_threads(threads))
+        with cache.use(key, lambda: load_model(path, dev, threads, strict=strict), files=[path],
+                       keep_loaded=keep_loaded) as m:
+            if strict and m.device.note:   # a session cached by an earlier, non-strict call that fell back
+                raise DeviceUnavailableError(f"{m.device.requested} was requested but is not usable here "
+                                             f"(strict mode: refusing to run on {m.device.used}).")
+            masks = run_model(m, images, batch_size, progress)
+            choice = m.device
+        return Ben2Run(masks, choice, time.perf_counter() - t0, cache.stats()["load_seconds"] - loads_before)
+
+    return providers.oom_guard("BEN2", device, attempt, strict=strict)
 
 
 # ---- compositing -------------------------------------------------------------------------------

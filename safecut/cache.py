@@ -5,7 +5,7 @@
 * LRU with a budget (model count and estimated bytes, env ``SAFECUT_CACHE_MAX_MODELS`` /
   ``SAFECUT_CACHE_MAX_MB``). Eviction really releases the model (``close()`` or a given closer).
 * A model in use (``with cache.use(...)``) is never closed under its user: its close is deferred.
-* A model file replaced on disk (mtime/size change) is detected on the next request and reloaded.
+* A model file replaced on disk (mtime/size/inode change) is detected on the next request and reloaded.
 """
 from __future__ import annotations
 
@@ -40,10 +40,10 @@ def _file_signature(files: Iterable[str]) -> tuple:
     sig = []
     for f in files:
         try:
-            st = os.stat(f)
-            sig.append((f, st.st_mtime_ns, st.st_size))
+            st = os.stat(f)  # the inode too: a file replaced by rename with the same size and mtime is new
+            sig.append((f, st.st_mtime_ns, st.st_size, st.st_ino))
         except OSError:
-            sig.append((f, None, None))
+            sig.append((f, None, None, None))
     return tuple(sig)
 
 
@@ -215,7 +215,7 @@ class ModelCache:
         seconds = time.perf_counter() - t0
         nbytes = size(model) if callable(size) else size
         if nbytes is None:
-            nbytes = sum(s for (_, _, s) in signature if s)
+            nbytes = sum(s for (_, _, s, _) in signature if s)
         entry = _Entry(key, model, int(nbytes), closer, seconds, files, signature, users=1 if lease else 0)
         with self._lock:
             self._entries[key] = entry

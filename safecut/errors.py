@@ -50,3 +50,7 @@ class DeviceUnavailableError(SafeCutError, RuntimeError):
 
 class BadInputError(SafeCutError, ValueError):
     pass
+
+
+class DeviceOutOfMemoryError(SafeCutError, MemoryError):
+    """A model ran out of device (or host) memory; the message says what to lower."""

@@ -36,7 +36,7 @@ TASKS: dict[str, str] = {
 }
 PRECISIONS = ["auto", "fp32", "fp16", "bf16"]
 MIN_TRANSFORMERS = "4.56"
-_WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+_WEIGHT_PATTERNS = ("*.safetensors",)          # never pickled weights (pytorch_model*.bin): no torch.load
 
 
 @dataclass
@@ -156,23 +156,39 @@ def _check_layout(path: str) -> None:
             f"SafeCut never runs remote code: use the converted repos florence-community/Florence-2-base-ft "
             f"(or -base, -large, -large-ft), e.g. `python -m safecut models fetch {DEFAULT_MODEL}`.")
     if not model_files(path)[1:]:
+        if glob.glob(os.path.join(path, "*.bin")) or glob.glob(os.path.join(path, "*.pt*")):
+            raise SafeCutError(f"Florence-2 model '{name}' in {path} has no weights in safetensors format, only "
+                               f"pickled PyTorch files (.bin/.pt), which SafeCut never loads (they can run code). "
+                               f"Use the converted repos, e.g. `python -m safecut models fetch {DEFAULT_MODEL}`.")
         raise SafeCutError(f"Florence-2 model '{name}' in {path} has no weights (model.safetensors): "
                            f"the download is incomplete; delete the folder and fetch it again.")
+
+
+def _check_weights_fit(path: str, model, info) -> None:
+    """transformers fills weights missing from the checkpoint with random values (a warning only): a folder
+    whose safetensors belong to another model would caption garbage. Refuse when most tensors are missing."""
+    missing = list((info or {}).get("missing_keys") or [])
+    total = len(model.state_dict())
+    if missing and len(missing) > max(8, total // 4):
+        raise SafeCutError(f"the weights in {path} do not belong to a Florence-2 model: {len(missing)} of {total} "
+                           f"tensors are missing (e.g. {missing[0]}). Fetch the model again, e.g. "
+                           f"`python -m safecut models fetch {DEFAULT_MODEL}`.")
 
 
 def load_model(path: str, torch_device: str = "cpu", dtype: str = "fp32") -> FlorenceModel:
     """Load model + processor from a local directory only (never the network, never remote code)."""
     transformers = _require_transformers()
     _check_layout(path)
-    kwargs = dict(dtype=_torch_dtype(dtype), local_files_only=True)
+    kwargs = dict(dtype=_torch_dtype(dtype), local_files_only=True, use_safetensors=True, output_loading_info=True)
     try:
         try:
-            model = transformers.Florence2ForConditionalGeneration.from_pretrained(
+            model, info = transformers.Florence2ForConditionalGeneration.from_pretrained(
                 path, attn_implementation="sdpa", **kwargs)
         except (ValueError, ImportError) as exc:  # sdpa not available in this torch/transformers pair
             if "sdpa" not in str(exc).lower() and "attention" not in str(exc).lower():
                 raise
-            model = transformers.Florence2ForConditionalGeneration.from_pretrained(path, **kwargs)
+            model, info = transformers.Florence2ForConditionalGeneration.from_pretrained(path, **kwargs)
+        _check_weights_fit(path, model, info)
         processor = transformers.Florence2Processor.from_pretrained(path, local_files_only=True)
     except SafeCutError:
         raise
@@ -263,17 +279,21 @@ def caption_images(images: list, model: str = DEFAULT_MODEL, *, task: str = "cap
         _check_image(i, im)
     _require_transformers()
     path = modelfiles.resolve("florence2", model)
-    choice = providers.torch_device(device, strict=strict)
-    dtype, note = resolve_precision(precision, choice.used)
-    tdev = providers.torch_name(choice)
-    if len(images) == 0:
-        return CaptionResult([], choice, dtype, time.perf_counter() - t0, 0.0, note)
-    key = ModelKey("florence2", path, tdev, dtype, extra=("sdpa",))
     cache = get_cache()
     loads_before = cache.stats()["load_seconds"]
-    with cache.use(key, lambda: load_model(path, tdev, dtype), size=lambda m: m.nbytes(),
-                   files=model_files(path), keep_loaded=keep_loaded) as fm:
-        captions = generate_captions(fm, images, task, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                                     batch_size=batch_size, progress=progress, interrupt=interrupt)
-    return CaptionResult(captions, choice, dtype, time.perf_counter() - t0,
-                         cache.stats()["load_seconds"] - loads_before, note)
+
+    def attempt(dev: str) -> CaptionResult:
+        choice = providers.torch_device(dev, strict=strict)
+        dtype, note = resolve_precision(precision, choice.used)
+        tdev = providers.torch_name(choice)
+        if len(images) == 0:
+            return CaptionResult([], choice, dtype, time.perf_counter() - t0, 0.0, note)
+        key = ModelKey("florence2", path, tdev, dtype, extra=("sdpa",))
+        with cache.use(key, lambda: load_model(path, tdev, dtype), size=lambda m: m.nbytes(),
+                       files=model_files(path), keep_loaded=keep_loaded) as fm:
+            captions = generate_captions(fm, images, task, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                                         batch_size=batch_size, progress=progress, interrupt=interrupt)
+        return CaptionResult(captions, choice, dtype, time.perf_counter() - t0,
+                             cache.stats()["load_seconds"] - loads_before, note)
+
+    return providers.oom_guard("Florence-2", device, attempt, strict=strict)

@@ -200,6 +200,11 @@ def resolve_model(choice: str, quantization: str = DEFAULT_QUANT, *,
         quant = (quantization or DEFAULT_QUANT).strip().upper()
         path = _find_family_file(choice, quant)
         canonical = canonical_name(choice, quant)
+        if path is None and quant not in QUANTIZATIONS:
+            present = present_quantizations(choice)
+            raise BadInputError(f"quantization '{quantization}' is not known for {choice}: use one of "
+                                f"{', '.join(QUANTIZATIONS)}"
+                                + (f" (on disk: {', '.join(present)})" if present else "") + ".")
         if path is None:
             spec = REGISTRY.get(canonical)
             allowed = modelfiles.downloads_allowed() if allow_download is None else allow_download

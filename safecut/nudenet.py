@@ -403,25 +403,29 @@ def detect(images: Sequence[np.ndarray], *, model: str = DEFAULT_MODEL, device: 
         raise BadInputError(f"threshold {threshold} is out of range: use a value in (0, 1], e.g. 0.5.")
     unsafe = parse_labels(unsafe_labels)
     path = resolve_model(model)
-    key = ModelKey("nudenet", path, providers.normalize(device), "", providers.default_threads(threads))
     cache = get_cache()
     loads_before = cache.stats()["load_seconds"]
     t0 = time.perf_counter()
-    with cache.use(key, lambda: load_model(path, device, threads, strict=strict), files=[path],
-                   keep_loaded=keep_loaded) as m:
-        if strict and m.device.note:   # a session cached by an earlier, non-strict call that fell back
-            raise DeviceUnavailableError(f"{m.device.requested} was requested but is not usable here "
-                                         f"(strict mode: refusing to run on {m.device.used}).")
-        unknown = [l for l in unsafe if l not in m.labels]
-        if unknown:
-            raise BadInputError(f"unsafe labels {unknown} are not labels of {os.path.basename(path)} "
-                                f"({', '.join(m.labels)}).")
-        results = run_model(m, images, threshold=threshold, unsafe_labels=unsafe, batch_size=batch_size,
-                            input_size=input_size, multi_label=multi_label, agnostic=agnostic,
-                            progress=progress)
-        choice, size = m.device, _input_size(m, input_size)
-    return NudeNetRun(results, choice, time.perf_counter() - t0, cache.stats()["load_seconds"] - loads_before,
-                      path, size)
+
+    def attempt(dev: str) -> NudeNetRun:
+        key = ModelKey("nudenet", path, providers.normalize(dev), "", providers.default_threads(threads))
+        with cache.use(key, lambda: load_model(path, dev, threads, strict=strict), files=[path],
+                       keep_loaded=keep_loaded) as m:
+            if strict and m.device.note:   # a session cached by an earlier, non-strict call that fell back
+                raise DeviceUnavailableError(f"{m.device.requested} was requested but is not usable here "
+                                             f"(strict mode: refusing to run on {m.device.used}).")
+            unknown = [l for l in unsafe if l not in m.labels]
+            if unknown:
+                raise BadInputError(f"unsafe labels {unknown} are not labels of {os.path.basename(path)} "
+                                    f"({', '.join(m.labels)}).")
+            results = run_model(m, images, threshold=threshold, unsafe_labels=unsafe, batch_size=batch_size,
+                                input_size=input_size, multi_label=multi_label, agnostic=agnostic,
+                                progress=progress)
+            choice, size = m.device, _input_size(m, input_size)
+        return NudeNetRun(results, choice, time.perf_counter() - t0,
+                          cache.stats()["load_seconds"] - loads_before, path, size)
+
+    return providers.oom_guard("NudeNet", device, attempt, strict=strict)
 
 
 # ---- masks and censoring ------------------------------------------------------------------------

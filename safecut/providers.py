@@ -10,10 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Callable, TypeVar
 
 from .deps import require
-from .errors import DeviceUnavailableError
+from .errors import DeviceOutOfMemoryError, DeviceUnavailableError
+
+T = TypeVar("T")
 
 log = logging.getLogger("safecut.providers")
 
@@ -213,3 +216,48 @@ def cuda_usable() -> bool:
 
 def torch_name(choice: DeviceChoice) -> str:
     return "cuda" if choice.used == "CUDA" else "cpu"
+
+
+# ---- out of memory -----------------------------------------------------------------------------
+_OOM_MARKERS = ("out of memory", "failed to allocate memory", "cudaerrormemoryallocation", "cuda_error_out_of_memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError, MemoryError, or an onnxruntime/CUDA error whose text says so."""
+    if isinstance(exc, DeviceOutOfMemoryError):
+        return False  # already explained
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc).lower()
+    return any(m in text for m in _OOM_MARKERS)
+
+
+def oom_guard(what: str, requested: str, attempt: Callable[[str], T], *, strict: bool = False) -> T:
+    """Run ``attempt(requested)`` (one engine call: load + run). An out-of-memory error becomes a
+    DeviceOutOfMemoryError that says what to do; with ``SAFECUT_OOM_FALLBACK=1`` (and not ``strict``) a
+    non-CPU request is first retried once with ``attempt("CPU")``, and the result's ``device`` says so."""
+    try:
+        return attempt(requested)
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        gpu = normalize(requested) != "CPU"
+        label = "CUDA" if gpu and ("cuda" in str(exc).lower() or normalize(requested) == "CUDA"
+                                   or type(exc).__name__ == "OutOfMemoryError") else ("Device" if gpu else "CPU")
+        msg = (f"{label} out of memory while running {what}: lower batch_size"
+               + (" or use CPU" if gpu else " or the image size") + f" ({type(exc).__name__}: {str(exc)[:300]})")
+        if gpu and not strict and os.environ.get("SAFECUT_OOM_FALLBACK", "0") == "1":
+            warn_once(f"{label} out of memory while running {what}; retrying once on CPU (SAFECUT_OOM_FALLBACK=1)")
+            try:
+                result = attempt("CPU")
+            except Exception as exc2:
+                if is_out_of_memory(exc2):
+                    raise DeviceOutOfMemoryError(msg + "; the CPU retry ran out of memory too") from exc2
+                raise
+            device = getattr(result, "device", None)
+            if isinstance(device, DeviceChoice):
+                result.device = replace(device, requested=requested, note=f"{label} out of memory, retried on CPU")
+            return result
+        if gpu:
+            msg += ". Set SAFECUT_OOM_FALLBACK=1 to retry on CPU automatically"
+        raise DeviceOutOfMemoryError(msg + ".") from exc
