@@ -7,11 +7,15 @@ from .common import CATEGORY, combo, dumps, flatten, flatten_images, ui_result
 
 
 def _first(v, default=None):
-    return v[0] if isinstance(v, list) and v else (default if isinstance(v, list) else v)
+    # ComfyUI hands an INPUT_IS_LIST node a list per input, and a linked input it has not evaluated (yet) --
+    # the lazy 'classifier' before check_lazy_status asked for it -- as the tuple (None,): unwrap both.
+    if isinstance(v, (list, tuple)):
+        return v[0] if v else default
+    return v
 
 
 def _nudenet_flags(nudenet) -> list | None:
-    if not nudenet or nudenet == [None]:
+    if not nudenet or all(r is None for r in flatten(nudenet)):
         return None
     return [bool(r.get("is_unsafe")) if isinstance(r, dict) else bool(r) for r in flatten(nudenet)]
 
@@ -71,6 +75,7 @@ class SafeCutKeywordGate:
         decisions = self._decide(captions, safe_keywords, unsafe_keywords, policy, nudenet)
         handle = _first(classifier)
         settled_by_keywords = sum(d.decided_by in ("keywords", "nudenet") for d in decisions)
+        asked_classifier = bool(gate.undecided(decisions)) and handle is not None
         gate.settle(decisions, handle.classify if handle is not None else None)
         names = [str(n) for n in flatten(filenames)] if filenames else []
         report = [dict(d.as_dict(), index=i, filename=names[i] if i < len(names) else "")
@@ -83,10 +88,14 @@ class SafeCutKeywordGate:
         stats = gate.summary(decisions)
         text = (f"{stats['safe']} safe / {stats['unsafe']} unsafe; settled without the LLM: {settled_by_keywords} "
                 f"of {len(decisions)}; classifier: {stats['by_classifier']}; errors: {stats['by_error']}")
+        extra = {}
+        if asked_classifier:  # the Llama model ran here (lazy path): say on which device, never silently
+            extra["device"] = handle.device_description() if hasattr(handle, "device_description") else "unknown"
+            text += f"; classifier on {extra['device']}"
         return ui_result(([d.verdict for d in decisions], [d.decided_by for d in decisions], safe_out,
                           dumps({"summary": stats, "images": report})),
                          verdict=[d.verdict for d in decisions], decided_by=[d.decided_by for d in decisions],
-                         settled_by_keywords=settled_by_keywords, text=text)
+                         settled_by_keywords=settled_by_keywords, text=text, **extra)
 
 
 def _blocker():

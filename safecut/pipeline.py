@@ -74,8 +74,8 @@ def _classifier(opts: Options):
 def run(input_dir: str, out_dir: str, opts: Options | None = None,
         progress: Callable[[int, int, str], None] | None = None) -> Summary:
     opts = opts or Options()
-    if opts.classify and not opts.gate:
-        opts.gate = True  # the classifier is reached through the gate (it settles the clear cases first)
+    if (opts.classify or opts.nudenet) and not opts.gate:
+        opts.gate = True  # verdicts come from the gate (it settles clear cases, NudeNet hits, then the classifier)
     files = imaging.list_images(input_dir, pattern=opts.pattern, sort="natural")
     preflight(opts)
     os.makedirs(out_dir, exist_ok=True)
@@ -134,8 +134,10 @@ def _process_chunk(files, input_dir, out_dir, opts: Options, keyword_gate, class
         return lines
     try:
         _run_models(good, frames, out_dir, opts, keyword_gate, classifier)
-    except Exception as exc:  # a model failure fails the chunk's images, loudly, never as SAFE
+    except Exception as exc:  # a failure fails the chunk's unfinished images, loudly, never as SAFE
         for ln in good:
+            if "output" in ln:
+                continue  # finished (written, or deliberately not written): that result stands
             ln["error"] = f"{type(exc).__name__}: {exc}"
             ln.pop("verdict", None)
     return lines

@@ -8,12 +8,12 @@ this repository (the handler is loaded from there at run time, never copied here
 
     optional: COMFYUI_PYTHON (default $COMFYUI_DIR/.venv/bin/python, else this Python).
 
-The test starts ComfyUI (--cpu, 127.0.0.1, random port) with a temporary --base-directory whose
-custom_nodes/comfyui-safecut links to this repository and whose models/ben2 holds the tiny test BEN2, then calls
-the handler's ``handler(job)`` exactly as RunPod would: upload the images, queue the workflow, wait, collect
-``ui.images`` from /history and /view. ``runpod`` (only used for S3 uploads and serverless.start) and, when
-websocket-client is not installed, ``websocket`` are replaced by small stand-ins; the stand-in WebSocket reports
-completion by polling /history instead of listening.
+The test starts ComfyUI through tests/comfyui_harness.py (--cpu, 127.0.0.1, random port) with a temporary
+--base-directory whose custom_nodes/comfyui-safecut links to this repository and whose models/ben2 holds the tiny
+test BEN2, then calls the handler's ``handler(job)`` exactly as RunPod would: upload the images, queue the
+workflow, wait, collect ``ui.images`` from /history and /view. ``runpod`` (only used for S3 uploads and
+serverless.start) and, when websocket-client is not installed, ``websocket`` are replaced by small stand-ins; the
+stand-in WebSocket reports completion by polling /history instead of listening.
 """
 from __future__ import annotations
 
@@ -21,8 +21,6 @@ import base64
 import importlib.util
 import json
 import os
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -32,12 +30,13 @@ import urllib.request
 import numpy as np
 import pytest
 
+import comfyui_harness as H
 from safecut import client
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
+ROOT = str(H.ROOT)
+COMFYUI_DIR = H.comfyui_dir()
 WORKER_DIR = os.environ.get("WORKER_COMFYUI_DIR", "")
-TINY_BEN2 = "tiny-ben2.onnx"
+TINY_BEN2 = H.TINY_BEN2
 
 pytestmark = [
     pytest.mark.comfyui,
@@ -154,62 +153,27 @@ def load_worker_handler():
 
 
 # ---- ComfyUI ---------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def comfy(tmp_path_factory):
-    python = os.environ.get("COMFYUI_PYTHON") or (
-        os.path.join(COMFYUI_DIR, ".venv", "bin", "python")
-        if os.path.exists(os.path.join(COMFYUI_DIR, ".venv", "bin", "python")) else sys.executable)
-    if not os.path.isfile(os.path.join(COMFYUI_DIR, "main.py")):
-        pytest.skip(f"COMFYUI_DIR={COMFYUI_DIR} has no main.py")
-    base = tmp_path_factory.mktemp("comfy_base")
-    (base / "custom_nodes").mkdir()
-    os.symlink(ROOT, base / "custom_nodes" / "comfyui-safecut")
-    from safecut.testkit.tiny_ben2 import build_tiny_ben2
-
-    build_tiny_ben2(str(base / "models" / "ben2" / TINY_BEN2))
-    (base / "input").mkdir(exist_ok=True)
-    port = _free_port()
-    log_path = base / "comfyui.log"
-    env = dict(os.environ, SAFECUT_OFFLINE="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    cmd = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
-           "--base-directory", str(base), "--database-url", "sqlite:///:memory:"]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
+    """A real ComfyUI with SafeCut and the tiny BEN2 (tests/comfyui_harness.py)."""
+    reason = H.skip_reason()
+    if reason:
+        pytest.skip(reason)
+    base = H.make_base(tmp_path_factory.mktemp("comfy_base"))
+    H.build_tiny_models(base / "models", ben2=True)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"ComfyUI exited ({proc.returncode}):\n{log_path.read_text()[-4000:]}")
-            try:
-                urllib.request.urlopen(url + "/", timeout=2).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"ComfyUI did not answer within 180 s:\n{log_path.read_text()[-4000:]}")
-                time.sleep(0.5)
-        yield {"url": url, "port": port, "pid": proc.pid, "base": base, "log": log_path}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        with H.running_comfyui(base) as server:
+            yield server
+    except RuntimeError as exc:  # did not start: one clear failure with the log tail
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="module")
 def worker(comfy, tmp_path_factory):
     mod = load_worker_handler()
     pid_file = tmp_path_factory.mktemp("pid") / "comfyui.pid"
-    pid_file.write_text(str(comfy["pid"]))  # the handler polls ComfyUI only while this process lives
-    mod.COMFY_HOST = f"127.0.0.1:{comfy['port']}"
+    pid_file.write_text(str(comfy.pid))  # the handler polls ComfyUI only while this process lives
+    mod.COMFY_HOST = f"127.0.0.1:{comfy.port}"
     mod.COMFY_PID_FILE = str(pid_file)
     os.environ.pop("BUCKET_ENDPOINT_URL", None)
     return mod
@@ -316,7 +280,7 @@ def test_safecut_report_and_png_verdicts_reach_the_result(worker, comfy, tmp_pat
     images = input_images(tmp_path)
     payload = client.make_payload(wf, images)
     result = run_handler(worker, payload, "job-safecut")
-    assert "error" not in result, (source, result, comfy["log"].read_text()[-3000:])
+    assert "error" not in result, (source, result, comfy.log_tail(3000))
     assert not result.get("errors"), result["errors"]
     names = [i["filename"] for i in result["images"]]
     assert any(n.endswith("_report.json") for n in names), names
@@ -366,7 +330,7 @@ def test_client_local_mode_against_real_comfyui(comfy, tmp_path, capsys):
     p = tmp_path / "wf.json"
     p.write_text(json.dumps(wf))
     images = input_images(tmp_path, ("local_a.png", "local_b.png"))
-    rc = cli.main(["client", str(p), "--local", comfy["url"], "--images", *images, "--out", str(tmp_path / "o"),
+    rc = cli.main(["client", str(p), "--local", comfy.url, "--images", *images, "--out", str(tmp_path / "o"),
                    "--poll", "0.2", "--timeout", "120"])
     cap = capsys.readouterr()
     assert rc == 0, cap.err

@@ -1,0 +1,245 @@
+"""SafeCut in ComfyUI's real frontend: headless Chromium (playwright-core) against a running ComfyUI.
+
+Opt-in, like the other ComfyUI tests:
+
+    COMFYUI_DIR=/work/comfyui .venv/bin/python -m pytest tests/test_frontend.py -v
+
+Needs node, a Chromium (``$CHROMIUM``, else chromium / chromium-browser / google-chrome on PATH) and the npm
+package playwright-core (``$PLAYWRIGHT_CORE_DIR`` = the package folder or the node_modules holding it; else
+``$COMFYUI_DIR/../pwtest/node_modules``, ``$COMFYUI_DIR/pwtest/node_modules``, ``./node_modules``,
+``tests/frontend/node_modules``). Skips with the reason when any of them is missing.
+
+For every example workflow (example_workflows/*.json, UI format) the driver (tests/frontend/drive_workflow.js)
+loads it with ``app.loadGraphData``, checks that the frontend knows every node type (no missing-nodes notice),
+points the model widgets at the tiny test models and the loader at its own input folder, queues it with
+``app.queuePrompt`` (what the Run button does), waits for the run to finish and reads the result text that
+js/safecut.js puts on the nodes. Screenshots go to a temporary folder (printed) and, when set, are copied to
+``$SAFECUT_SCREENSHOT_DIR``.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import comfyui_harness as H
+
+pytestmark = [pytest.mark.comfyui, pytest.mark.skipif(H.skip_reason() is not None, reason=H.skip_reason() or "")]
+
+EXAMPLES = sorted(glob.glob(str(H.ROOT / "example_workflows" / "*.json")))
+DRIVER = H.ROOT / "tests" / "frontend" / "drive_workflow.js"
+DRIVE_TIMEOUT_S = int(H.PROMPT_TIMEOUT_S)
+RESULT_NODES = ("SafeCutBEN2RemoveBackground", "SafeCutKeywordGate")  # close-up screenshots of these
+_RUNS: dict[str, dict] = {}  # workflow name -> driver report (for the layout check)
+
+
+# ---- tools ----------------------------------------------------------------------------------------------
+def find_chromium() -> str | None:
+    env = os.environ.get("CHROMIUM") or os.environ.get("CHROME_BIN")
+    if env:
+        return env if os.path.isfile(env) else None
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        p = shutil.which(name)
+        if p:
+            return p
+    return None
+
+
+def find_playwright_node_path() -> str | None:
+    """The node_modules folder from which require('playwright-core') resolves."""
+    cands = []
+    env = os.environ.get("PLAYWRIGHT_CORE_DIR")
+    if env:
+        cands.append(env)
+    cdir = H.comfyui_dir()
+    if cdir:
+        cands += [os.path.join(cdir, "..", "pwtest", "node_modules"), os.path.join(cdir, "pwtest", "node_modules")]
+    cands += [str(H.ROOT / "node_modules"), str(H.ROOT / "tests" / "frontend" / "node_modules")]
+    for c in cands:
+        c = os.path.abspath(c)
+        if os.path.isfile(os.path.join(c, "playwright-core", "package.json")):
+            return c
+        if os.path.basename(c) == "playwright-core" and os.path.isfile(os.path.join(c, "package.json")):
+            return os.path.dirname(c)
+    return None
+
+
+def tools() -> dict:
+    node = shutil.which("node")
+    chromium = find_chromium()
+    node_path = find_playwright_node_path()
+    missing = [what for what, ok in (("node", node), ("chromium (set CHROMIUM)", chromium),
+                                     ("playwright-core (set PLAYWRIGHT_CORE_DIR)", node_path)) if not ok]
+    if missing:
+        pytest.skip("frontend test needs " + ", ".join(missing))
+    return {"node": node, "chromium": chromium, "node_path": node_path}
+
+
+# ---- fixtures -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def browser_tools():
+    return tools()
+
+
+@pytest.fixture(scope="module")
+def comfy(browser_tools, tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy_frontend")
+    H.make_base(base)
+    H.build_tiny_models(base / "models", ben2=True, florence=True, gguf_quants=("Q4_K_M", "Q8_0"))
+    for wf in EXAMPLES:  # each workflow reads its own folder, so no node output is reused from a previous run
+        H.write_test_images(base / "input" / f"fe_{Path(wf).stem}")
+    try:
+        with H.running_comfyui(base) as server:
+            print(f"ComfyUI {server.url} started in {server.start_seconds:.1f}s (log {server.log_path})")
+            yield server
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory):
+    d = tmp_path_factory.mktemp("safecut_screenshots")
+    yield d
+    print(f"\nSafeCut frontend screenshots: {d}")
+    dest = os.environ.get("SAFECUT_SCREENSHOT_DIR")
+    if dest:
+        os.makedirs(dest, exist_ok=True)
+        for p in d.glob("*.png"):
+            shutil.copy2(p, os.path.join(dest, p.name))
+        print(f"copied to {dest}")
+
+
+def drive(browser_tools, comfy, shots, name: str, workflow: str, widgets: dict, run: bool = True) -> dict:
+    cfg_dir = shots / "driver"
+    cfg_dir.mkdir(exist_ok=True)
+    result_path = cfg_dir / f"{name}.result.json"
+    cfg = {"url": comfy.url, "chromium": browser_tools["chromium"], "workflow": workflow, "widgets": widgets,
+           "screenshot_dir": str(shots), "name": name, "timeout_ms": DRIVE_TIMEOUT_S * 1000, "run": run,
+           "closeups": list(RESULT_NODES), "result_path": str(result_path)}
+    cfg_path = cfg_dir / f"{name}.config.json"
+    cfg_path.write_text(json.dumps(cfg))
+    env = dict(os.environ, NODE_PATH=browser_tools["node_path"])
+    t0 = time.monotonic()
+    # own process group: on a timeout the driver and the Chromium it started are stopped together
+    proc = subprocess.Popen([browser_tools["node"], str(DRIVER), str(cfg_path)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _out, err = proc.communicate(timeout=DRIVE_TIMEOUT_S + 120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"the browser driver did not finish within {DRIVE_TIMEOUT_S + 120}s\n{comfy.log_tail()}")
+    report = json.loads(result_path.read_text()) if result_path.is_file() else {}
+    report["wall_s"] = round(time.monotonic() - t0, 1)
+    if proc.returncode != 0 or "driver_error" in report:
+        pytest.fail(f"browser driver failed (rc {proc.returncode}): {report.get('driver_error')}\n"
+                    f"{err[-3000:]}\nComfyUI log:\n{comfy.log_tail()}")
+    return report
+
+
+def tiny_widgets(name: str) -> dict:
+    widgets = {k: dict(v) for k, v in H.TINY_WIDGETS.items()}
+    widgets["SafeCutLoadImageBatch"] = {"directory": f"fe_{name}"}
+    return widgets
+
+
+def by_type(results: list[dict], cls: str) -> list[dict]:
+    return [r for r in results if r["type"] == cls]
+
+
+# ---- tests ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("workflow", EXAMPLES, ids=[Path(p).stem for p in EXAMPLES])
+def test_example_workflow_runs_in_the_browser(browser_tools, comfy, shots, workflow):
+    name = Path(workflow).stem
+    rep = drive(browser_tools, comfy, shots, name, workflow, tiny_widgets(name))
+    _RUNS[name] = rep
+    print(f"{name}: {rep['timings']} (wall {rep['wall_s']}s); screenshots: {rep['screenshots']}")
+
+    # loads: js/safecut.js is active, every node type is registered, no missing-nodes notice
+    assert rep["extension_loaded"], "js/safecut.js did not load (window.safecutFormatResult missing)"
+    assert rep["unregistered"] == [], f"node types unknown to the frontend: {rep['unregistered']}"
+    assert rep["notice"] is None, f"the frontend reported missing nodes: {rep['notice']}"
+    assert any(t.startswith("SafeCut") for t in rep["types"])
+
+    # runs: queued through the frontend, finished successfully, the result box never reaches the prompt
+    run = rep["run"]
+    assert run["queued"] is not False
+    assert run["status"] == "success", f"{run}\nComfyUI log:\n{comfy.log_tail()}"
+    assert run["leaked_into_prompt"] == [], "the safecut_result widget was sent to the server as an input"
+
+    results = rep["results"]
+    gpu = "gpu" in name
+    ben2 = by_type(results, "SafeCutBEN2RemoveBackground")
+    assert ben2 and all(r["result"] for r in ben2), ben2
+    for r in ben2:
+        assert "device: CPU" in r["result"], r["result"]
+        if gpu:  # the GPU workflow on a CPU box: the fallback is shown, never silent
+            assert "CUDA unavailable" in r["result"], r["result"]
+        assert "time:" in r["result"]
+    assert str(ben2[0]["id"]) in run["executed"], "the page never got BEN2's 'executed' message"
+
+    gates = by_type(results, "SafeCutKeywordGate")
+    for r in gates:
+        assert r["result"] and "verdict:" in r["result"] and "settled by keywords:" in r["result"], r
+        assert r["bgcolor"], "the gate's verdict colour was not applied"
+    if "full" in name:
+        assert gates, f"{name} has no Keyword Gate"
+    for r in by_type(results, "SafeCutSaveCutout"):
+        assert r["result"] and r["result"].startswith("saved "), r
+
+    # what is shown is really on the page, and is never saved into the workflow's widgets_values
+    loaded_counts = {n["id"]: n["widgets_values"] for n in rep["nodes"]}
+    for r in results:
+        if not r["type"].startswith("SafeCut") or not r["result"]:
+            continue
+        assert r["dom_visible"], f"node {r['id']} ({r['type']}): result box not visible"
+        assert r["dom_text"] == r["result"] == r["widget_value"], r
+        assert r["saved_widgets_values"] == loaded_counts[r["id"]], \
+            f"node {r['id']} ({r['type']}): the result box leaked into widgets_values"
+
+    problems = [e for e in rep["console_errors"] + rep["page_errors"] if "safecut" in e.lower()]
+    assert not problems, problems
+    for p in rep["screenshots"]:
+        assert os.path.getsize(p) > 10_000, p
+
+
+def test_missing_node_type_is_detected(browser_tools, comfy, shots, tmp_path):
+    """The check above is not vacuous: an unknown node type is reported by the frontend and by our probe."""
+    with open(EXAMPLES[0]) as f:
+        wf = json.load(f)
+    victim = next(n for n in wf["nodes"] if n["type"].startswith("SafeCut"))
+    victim["type"] = "SafeCutNoSuchNode"
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(wf))
+    rep = drive(browser_tools, comfy, shots, "missing_node_control", str(path), {}, run=False)
+    assert rep["unregistered"] == ["SafeCutNoSuchNode"]
+    assert rep["notice"] and "SafeCutNoSuchNode" in rep["notice"], rep["notice"]
+
+
+OVERLAP_XFAIL = pytest.mark.xfail(strict=False, reason=(
+    "the layout in safecut/workflows.py places nodes closer than their real height (320x260 for every node), so "
+    "nodes overlap on the canvas and the result boxes cover the next node's title"))
+
+
+@pytest.mark.parametrize("name", [pytest.param(Path(p).stem, marks=[OVERLAP_XFAIL] if "full" in Path(p).stem else [])
+                                  for p in EXAMPLES])
+def test_example_workflow_nodes_do_not_overlap(name):
+    rep = _RUNS.get(name)
+    if not rep:
+        pytest.skip(f"{name} was not run in the browser in this session")
+    title = 30
+    boxes = [(r["id"], r["type"], r["pos"][0], r["pos"][1] - title, r["pos"][0] + r["size"][0],
+              r["pos"][1] + r["size"][1]) for r in rep["results"]]
+    overlaps = []
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            if a[2] < b[4] and b[2] < a[4] and a[3] < b[5] and b[3] < a[5]:
+                overlaps.append(f"{a[0]} {a[1]} / {b[0]} {b[1]}")
+    assert not overlaps, f"{name}: overlapping nodes after the run: {overlaps}"
