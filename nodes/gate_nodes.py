@@ -17,7 +17,13 @@ def _first(v, default=None):
 def _nudenet_flags(nudenet) -> list | None:
     if not nudenet or all(r is None for r in flatten(nudenet)):
         return None
-    return [bool(r.get("is_unsafe")) if isinstance(r, dict) else bool(r) for r in flatten(nudenet)]
+    return [_flag(r) for r in flatten(nudenet)]
+
+
+def _flag(r) -> bool:
+    """A malformed NudeNet entry (missing, None, not a bool) counts as unsafe: fail closed."""
+    v = r.get("is_unsafe") if isinstance(r, dict) else r
+    return v if isinstance(v, bool) else True
 
 
 class SafeCutKeywordGate:

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import atexit
 import gc
 import logging
 import os
@@ -285,6 +286,9 @@ class ModelCache:
 
 
 CACHE = ModelCache()
+# Close models while their libraries are still importable (llama.cpp's own __del__ at interpreter
+# shutdown fails noisily once its modules are torn down).
+atexit.register(CACHE.unload)
 
 
 def get_cache() -> ModelCache:

@@ -30,7 +30,7 @@ class N:
     widgets: dict = field(default_factory=dict)
     title: str = ""
     pos: tuple = (0, 0)
-    size: tuple = (320, 260)
+    size: tuple = (360, 420)
 
 
 @dataclass
@@ -46,11 +46,11 @@ class Graph:
 def _fast(profile: str) -> Graph:
     p = PROFILE_VALUES[profile]
     nodes = [
-        N(1, "SafeCutLoadImageBatch", {"directory": "", "mode": "list"}, "Load images", (20, 80)),
+        N(1, "SafeCutLoadImageBatch", {"directory": "", "mode": "list"}, "Load images", (20, 0)),
         N(2, "SafeCutBEN2RemoveBackground", {"model": "BEN2_Base.onnx", "provider": p["provider"],
                                              "threads": p["threads"], "batch_size": p["batch_size"]},
-          "BEN2 cut-out", (380, 80)),
-        N(3, "SafeCutSaveCutout", {"filename_prefix": "safecut/cutout"}, "Save cut-outs", (760, 80)),
+          "BEN2 cut-out", (420, 0)),
+        N(3, "SafeCutSaveCutout", {"filename_prefix": "safecut/cutout"}, "Save cut-outs", (820, 0)),
     ]
     links = [(1, "image", 2, "image"), (2, "rgba", 3, "image"), (2, "mask", 3, "mask"), (1, "filenames", 3, "filenames")]
     return Graph(f"safecut_{profile}_fast", f"SafeCut {profile.upper()} fast: cut-outs only", NOTE_FAST, nodes, links)
@@ -60,21 +60,21 @@ def _full(profile: str) -> Graph:
     p = PROFILE_VALUES[profile]
     gpu = profile == "gpu"
     nodes = [
-        N(1, "SafeCutLoadImageBatch", {"directory": "", "mode": "list"}, "Load images", (20, 80)),
+        N(1, "SafeCutLoadImageBatch", {"directory": "", "mode": "list"}, "Load images", (20, 0)),
         N(2, "SafeCutBEN2RemoveBackground", {"model": "BEN2_Base.onnx", "provider": p["provider"],
                                              "threads": p["threads"], "batch_size": p["batch_size"]},
-          "BEN2 cut-out", (380, 20)),
+          "BEN2 cut-out", (420, 0)),
         N(3, "SafeCutFlorence2Caption", {"model": "Florence-2-large-ft" if gpu else "Florence-2-base-ft",
                                          "device": p["device"], "precision": p["precision"],
-                                         "batch_size": p["batch_size"]}, "Florence-2 caption", (380, 360)),
-        N(4, "SafeCutNudeNetDetector", {"device": p["device"], "threads": p["threads"]}, "NudeNet", (380, 640)),
+                                         "batch_size": p["batch_size"]}, "Florence-2 caption", (420, 520)),
+        N(4, "SafeCutNudeNetDetector", {"device": p["device"], "threads": p["threads"]}, "NudeNet", (420, 1040)),
         N(5, "SafeCutLlamaSafetyClassifier", {"model_family": "Llama-Guard-3-1B",
                                               "quantization": "Q8_0" if gpu else "Q4_K_M",
                                               "n_gpu_layers": p["n_gpu_layers"], "threads": p["threads"]},
-          "Llama safety (runs only if needed)", (760, 640)),
-        N(6, "SafeCutKeywordGate", {"policy": "review"}, "Keyword gate", (760, 300)),
+          "Llama safety (runs only if needed)", (840, 1040)),
+        N(6, "SafeCutKeywordGate", {"policy": "review"}, "Keyword gate", (840, 0), (400, 900)),
         N(7, "SafeCutSaveCutout", {"filename_prefix": "safecut/cutout", "save_unsafe": False},
-          "Save cut-outs + verdicts", (1140, 80)),
+          "Save cut-outs + verdicts", (1300, 0)),
     ]
     links = [(1, "image", 2, "image"), (1, "image", 3, "image"), (1, "image", 4, "image"),
              (3, "caption", 6, "captions"), (4, "nudenet", 6, "nudenet"), (5, "classifier", 6, "classifier"),
@@ -166,7 +166,7 @@ def to_ui(g: Graph, ct: dict | None = None) -> dict:
             "widgets_values": _widget_values(ct, n),
         })
     note_id = max(by_id) + 1
-    nodes.append({"id": note_id, "type": "MarkdownNote", "pos": [20, -300], "size": [520, 260], "flags": {},
+    nodes.append({"id": note_id, "type": "MarkdownNote", "pos": [20, 520], "size": [380, 460], "flags": {},
                   "order": len(nodes), "mode": 0, "inputs": [], "outputs": [], "title": "About this workflow",
                   "properties": {}, "widgets_values": [g.note]})
     return {"id": _uuid(g.name), "revision": 0, "last_node_id": note_id, "last_link_id": len(links),

@@ -223,13 +223,7 @@ def test_missing_node_type_is_detected(browser_tools, comfy, shots, tmp_path):
     assert rep["notice"] and "SafeCutNoSuchNode" in rep["notice"], rep["notice"]
 
 
-OVERLAP_XFAIL = pytest.mark.xfail(strict=False, reason=(
-    "the layout in safecut/workflows.py places nodes closer than their real height (320x260 for every node), so "
-    "nodes overlap on the canvas and the result boxes cover the next node's title"))
-
-
-@pytest.mark.parametrize("name", [pytest.param(Path(p).stem, marks=[OVERLAP_XFAIL] if "full" in Path(p).stem else [])
-                                  for p in EXAMPLES])
+@pytest.mark.parametrize("name", [Path(p).stem for p in EXAMPLES])
 def test_example_workflow_nodes_do_not_overlap(name):
     rep = _RUNS.get(name)
     if not rep:

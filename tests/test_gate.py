@@ -185,3 +185,16 @@ def test_gate_node_uses_nudenet_results(pack):
 def test_gate_node_image_count_mismatch_is_clear(pack):
     with pytest.raises(ValueError, match="input 'images'"):
         _node(pack).run(captions=["a mug", "a cup"], images=[torch.zeros(1, 4, 4, 3)], **_widgets())
+
+
+def test_lazy_input_arrives_as_a_tuple_in_real_comfyui(pack):
+    """ComfyUI hands a not-yet-evaluated lazy input to an INPUT_IS_LIST node as (None,)."""
+    node = _node(pack)
+    assert node.check_lazy_status(captions=["a knife"], classifier=(None,), **_widgets()) == ["classifier"]
+    assert node.check_lazy_status(captions=["a red mug"], classifier=(None,), nudenet=(None,), **_widgets()) == []
+
+
+@pytest.mark.parametrize("entry", [{"max_score": 0.1}, {"is_unsafe": "no"}, None, "garbage"])
+def test_malformed_nudenet_entry_counts_as_unsafe(pack, entry):
+    out = _node(pack).run(captions=["a red mug", "a red cup"], nudenet=[[{"is_unsafe": False}, entry]], **_widgets())
+    assert out["result"][0] == [SAFE, UNSAFE] and out["result"][1] == ["keywords", "nudenet"]
