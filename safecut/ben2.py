@@ -17,7 +17,7 @@ import numpy as np
 
 from . import modelfiles, providers
 from .cache import ModelKey, get_cache
-from .errors import BadInputError, DeviceUnavailableError, SafeCutError
+from .errors import BadInputError, SafeCutError
 from .registry import REGISTRY
 
 BACKGROUNDS = ["alpha", "white", "black", "custom"]
@@ -164,9 +164,7 @@ def remove_background(images: list[np.ndarray], model: str = DEFAULT_MODEL, *, d
         key = ModelKey("ben2", path, providers.normalize(dev), "", providers.default_threads(threads))
         with cache.use(key, lambda: load_model(path, dev, threads, strict=strict), files=[path],
                        keep_loaded=keep_loaded) as m:
-            if strict and m.device.note:   # a session cached by an earlier, non-strict call that fell back
-                raise DeviceUnavailableError(f"{m.device.requested} was requested but is not usable here "
-                                             f"(strict mode: refusing to run on {m.device.used}).")
+            providers.refuse_fallback(m.device, strict)
             masks = run_model(m, images, batch_size, progress)
             choice = m.device
         return Ben2Run(masks, choice, time.perf_counter() - t0, cache.stats()["load_seconds"] - loads_before)

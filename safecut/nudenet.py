@@ -36,7 +36,7 @@ import numpy as np
 
 from . import modelfiles, providers
 from .cache import ModelKey, get_cache
-from .errors import BadInputError, DeviceUnavailableError, SafeCutError
+from .errors import BadInputError, SafeCutError
 from .registry import REGISTRY
 
 log = logging.getLogger("safecut.nudenet")
@@ -411,9 +411,7 @@ def detect(images: Sequence[np.ndarray], *, model: str = DEFAULT_MODEL, device: 
         key = ModelKey("nudenet", path, providers.normalize(dev), "", providers.default_threads(threads))
         with cache.use(key, lambda: load_model(path, dev, threads, strict=strict), files=[path],
                        keep_loaded=keep_loaded) as m:
-            if strict and m.device.note:   # a session cached by an earlier, non-strict call that fell back
-                raise DeviceUnavailableError(f"{m.device.requested} was requested but is not usable here "
-                                             f"(strict mode: refusing to run on {m.device.used}).")
+            providers.refuse_fallback(m.device, strict)
             unknown = [l for l in unsafe if l not in m.labels]
             if unknown:
                 raise BadInputError(f"unsafe labels {unknown} are not labels of {os.path.basename(path)} "

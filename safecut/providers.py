@@ -191,6 +191,13 @@ def _report(requested: str, used: str, strict: bool) -> DeviceChoice:
     return DeviceChoice(requested, used, note=f"{requested} unavailable")
 
 
+def refuse_fallback(choice: DeviceChoice, strict: bool) -> None:
+    """A model cached by an earlier, non-strict call may run on a fallback device: strict callers refuse it."""
+    if strict and choice.note:
+        raise DeviceUnavailableError(f"{choice.requested} was requested but is not usable here "
+                                     f"(strict mode: refusing to run on {choice.used}).")
+
+
 # ---- torch -------------------------------------------------------------------------------------
 def torch_device(requested: str = "auto", *, strict: bool = False) -> DeviceChoice:
     """'cuda' when usable (is_available and a tiny allocation works), else 'cpu'."""
