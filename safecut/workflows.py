@@ -334,7 +334,21 @@ def write_all(root: str) -> list[str]:
                 f.write("\n")
             written.append(path)
         written.append(thumbnail(g, os.path.join(root, "example_workflows", g.name + ".jpg")))
+        written.append(_payload(g, ct, root))
     return written
+
+
+def _payload(g: Graph, ct: dict, root: str) -> str:
+    """deploy/payloads/<name>.json: a ready worker-comfyui request (test_input.json style) with the example images."""
+    from .client import make_payload
+
+    images = sorted(os.path.join(root, "examples", "images", f) for f in os.listdir(os.path.join(root, "examples", "images")))
+    path = os.path.join(root, "deploy", "payloads", g.name + ".json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(make_payload(to_api(g, ct), images), f, indent=1)
+        f.write("\n")
+    return path
 
 
 def _cmd(a) -> int:

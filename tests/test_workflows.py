@@ -125,3 +125,16 @@ def test_fuzz_converter_is_idempotent_and_keeps_graphs_valid(name, targets, fmt)
     assert W.convert(doc, targets[-1]) == doc
     api = W.ui_to_api(doc) if fmt == "example_workflows" else doc
     assert W.validate_api(api) == []
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ready_worker_payloads_match_the_workflows(name):
+    payload = json.load(open(os.path.join(ROOT, "deploy", "payloads", name + ".json")))
+    wf = payload["input"]["workflow"]
+    names = [i["name"] for i in payload["input"]["images"]]
+    assert names == sorted(os.listdir(os.path.join(ROOT, "examples", "images")))
+    loader = next(n for n in wf.values() if n["class_type"] == "SafeCutLoadImageBatch")
+    assert loader["inputs"]["uploads"] == ", ".join(names)
+    loader["inputs"]["uploads"] = ""
+    assert wf == _load("api_workflows", name) and W.validate_api(wf) == []
+    assert os.path.getsize(os.path.join(ROOT, "deploy", "payloads", name + ".json")) < 10 * 1024 * 1024  # /run limit
