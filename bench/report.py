@@ -1,0 +1,221 @@
+"""Targets, RESULTS.md and the PNG plots, from the section JSON files of an output folder."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+from . import plots
+
+
+def load_sections(out: str) -> dict[str, dict]:
+    secs = {}
+    for p in sorted(glob.glob(os.path.join(out, "sections", "*.json"))):
+        try:
+            with open(p) as f:
+                d = json.load(f)
+            secs[d["name"]] = d
+        except (OSError, ValueError, KeyError):
+            continue
+    return secs
+
+
+def _g(secs, name, *keys):
+    d = secs.get(name, {}).get("data", {})
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def targets(secs: dict) -> list[dict]:
+    """[{target, measured, met}] for every target whose measurement exists."""
+    out = []
+
+    def add(target, measured, met):
+        out.append({"target": target, "measured": measured, "met": bool(met)})
+
+    n, o, i8 = (_g(secs, "ben2", k, "median") for k in ("naive", "ours", "int8"))
+    if n and o:
+        add("BEN2 warm ≥ 1.5× naive", f"{n:.2f} s → {o:.2f} s: ×{n / o:.2f}", n / o >= 1.5)
+    if n and i8:
+        add("BEN2 warm ≥ 2.5× naive with INT8", f"{n:.2f} s → {i8:.2f} s: ×{n / i8:.2f}", n / i8 >= 2.5)
+    shares = []
+    if o is not None and _g(secs, "ben2", "repeat_overhead_seconds") is not None:
+        b = (_g(secs, "ben2", "repeat_load_seconds") + _g(secs, "ben2", "repeat_overhead_seconds")) / o
+        shares.append(("BEN2", b))
+    fl, fs = _g(secs, "florence", "engine_repeat_load"), _g(secs, "florence", "engine_repeat_seconds")
+    if fl is not None and fs:
+        shares.append(("Florence", fl / fs))
+    ll, ls = _g(secs, "llama", "repeat_load_seconds"), _g(secs, "llama", "repeat_seconds")
+    if ll is not None and ls:
+        shares.append(("Llama", ll / ls))
+    if shares:
+        add("repeat call on a cached model: ≤ 1 % of its time in loading",
+            ", ".join(f"{k} {v * 100:.2f} %" for k, v in shares), all(v <= 0.01 for _, v in shares))
+    ln, lo = _g(secs, "llama", "naive_per_caption", "median"), _g(secs, "llama", "ours_per_caption", "median")
+    if ln and lo:
+        add("Llama classification per caption ≥ 50× naive (Llama Guard prompt, the default)",
+            f"{ln:.1f} s → {lo * 1000:.0f} ms: ×{ln / lo:.0f}", ln / lo >= 50)
+    li = _g(secs, "llama", "instruct", "per_caption", "median")
+    if ln and li:
+        add("Llama classification per caption ≥ 50× naive (instruct prompt, same weights)",
+            f"{ln:.1f} s → {li * 1000:.0f} ms: ×{ln / li:.0f}", ln / li >= 50)
+    pn, po = _g(secs, "florence", "per_image_naive"), _g(secs, "florence", "per_image_ours")
+    if pn and po:
+        add("Florence batch of 8 ≥ 1.5× per image (engine default: fp32 on CPU)",
+            f"{pn:.2f} → {po:.2f} s/img: ×{pn / po:.2f}", pn / po >= 1.5)
+    pb = _g(secs, "florence", "per_image_bf16")
+    if pn and pb:
+        add("Florence batch of 8 ≥ 1.5× per image (bf16 weights, not the engine default yet)",
+            f"{pn:.2f} → {pb:.2f} s/img: ×{pn / pb:.2f}", pn / pb >= 1.5)
+    gw, gn = _g(secs, "gate", "with_gate", "median"), _g(secs, "gate", "without_gate", "median")
+    if gw and gn:
+        add("gate on a 60 %-safe caption mix ≥ 2× (safety stage: gate + classifier vs classifier on all)",
+            f"{gn:.2f} s → {gw:.2f} s: ×{gn / gw:.2f}", gn / gw >= 2)
+    imp = _g(secs, "import", "import_", "median")
+    if imp is not None:
+        add("pack import ≤ 150 ms", f"{imp * 1000:.0f} ms median (min {_g(secs, 'import', 'import_', 'min') * 1000:.0f} ms)",
+            imp <= 0.150)
+    for label in ("fp32", "int8"):
+        p = _g(secs, "pipeline", label, "per_image", "median")
+        if p:
+            add(f"full CPU pipeline ≤ 20 s per image warm (BEN2 {label})", f"{p:.2f} s/img", p <= 20.0)
+    return out
+
+
+def _md_table(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    cols = []
+    for r in rows:
+        for k in r:
+            if k not in cols:
+                cols.append(k)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(str(r.get(c, "")).replace("|", "/") for c in cols) + " |")
+    return lines
+
+
+def render(out: str, meta: dict, *, with_plots: bool = True) -> str:
+    secs = load_sections(out)
+    tg = targets(secs)
+    L = ["# SafeCut bench results", ""]
+    L.append(f"- command: `{meta.get('command', 'python -m bench')}`; mode: {'quick (tiny models)' if meta.get('quick') else 'real-size models'}")
+    L.append(f"- run: {meta.get('started')} → wall time **{meta.get('wall_seconds', 0) / 60:.1f} min** "
+             f"(model builds {meta.get('build_seconds', 0):.0f} s of it); load average before {meta.get('load_before')}, "
+             f"after {meta.get('load_after')}; other processes used "
+             f"{(meta.get('other_cpu') or {}).get('other_share', 0) * 100:.0f} % of the CPU during the run "
+             f"(/proc/stat busy time minus the bench's own CPU time: the noise indicator)")
+    cpu = _g(secs, "env", "cpu") or {}
+    if cpu:
+        L.append(f"- machine: {cpu.get('cpu', '?')}, {cpu.get('cores')} cores ({', '.join(cpu.get('simd', []))}), "
+                 f"{cpu.get('mem_gb')} GB, no GPU")
+    L.append(f"- timings: median (min–max, n); warm = after one untimed call; runs {meta.get('runs')}, heavy runs "
+             f"{meta.get('heavy_runs')} (calls over ~10 s)")
+    L += ["", "## Targets", ""]
+    L += _md_table([{"target": t["target"], "measured": t["measured"], "met": "met" if t["met"] else "**not met**"}
+                    for t in tg])
+    order = ["builds", "env", "import", "ben2", "llama", "quant", "florence", "gate", "pipeline", "coldstart",
+             "tune-ben2", "tune-int8", "tune-florence", "tune-llama"]
+    for name in order + [k for k in secs if k not in order]:
+        s = secs.get(name)
+        if not s:
+            continue
+        L += ["", f"## {s['title']}", ""]
+        oc = s.get("other_cpu") or {}
+        L.append(f"_section `{name}`: {s.get('started')}, {s.get('seconds')} s, load {s.get('load_before')} → "
+                 f"{s.get('load_after')}; other processes used {oc.get('other_share', 0) * 100:.0f} % of the CPU "
+                 f"meanwhile_")
+        L.append("")
+        if s.get("error"):
+            L.append(f"**error:** `{s['error'][:500]}`")
+            L.append("")
+        L += _md_table(s.get("rows", []))
+        for note in s.get("notes", []):
+            L += ["", f"- {note}"]
+    L += ["", "## Reference (naive) implementations", "",
+          "bench/naive.py rewrites what the seed project's nodes do, on the same files in the same run: BEN2 with "
+          "one ORT session at 8 intra + 2 inter threads, ORT_PARALLEL and spinning whatever the core count, PIL "
+          "pre/post; the classifier as a llama-cpp text completion with a three-example few-shot JSON prompt "
+          "(~190 tokens), max_tokens 300, temperature 0.1, no stop, library-default threads, n_ctx 4096 (random "
+          "weights never stop early, so all 300 tokens are generated); Florence-2 loaded per run, one image at a "
+          "time, do_sample, 3 beams, fp32, the same forced number of new tokens as SafeCut's run."]
+    L += ["", "## Models", "",
+          "Built locally, random weights, real sizes (bench/models.py, bench/synthetic_ben2.py): Llama with "
+          "Llama-3.2-1B dims and the real Llama-3 vocabulary (GGUF F16 → llama_model_quantize); Florence-2-base "
+          "dims (231 M params, vocab 51,289); BEN2: the real BEN2_Base.onnx when `--ben2 PATH` is given, else a "
+          "synthetic ONNX with the same I/O, ~89 M params and ~0.92 TFLOP per 1024² image (Swin-B-shaped encoder "
+          "on 5 views of 512² + FPN decoder); NudeNet: the bundled real 320n.onnx. Speeds only: random weights "
+          "say nothing about quality. INT8 quality: run `python -m bench.iou IMAGES_DIR --model BEN2_Base.onnx "
+          "--int8 BEN2_Base.int8.onnx` on your own images."]
+    if with_plots:
+        pl = make_plots(out, secs)
+        if pl:
+            L += ["", "## Plots", ""] + [f"![{os.path.basename(p)}](plots/{os.path.basename(p)})" for p in pl]
+    text = "\n".join(L) + "\n"
+    with open(os.path.join(out, "RESULTS.md"), "w") as f:
+        f.write(text)
+    return text
+
+
+def make_plots(out: str, secs: dict) -> list[str]:
+    d = os.path.join(out, "plots")
+    os.makedirs(d, exist_ok=True)
+    made = []
+    cats, naive, ours, int8 = [], [], [], []
+    if _g(secs, "ben2", "naive", "median"):
+        cats.append("BEN2 s/img")
+        naive.append(_g(secs, "ben2", "naive", "median"))
+        ours.append(_g(secs, "ben2", "ours", "median"))
+        int8.append(_g(secs, "ben2", "int8", "median"))
+    if _g(secs, "florence", "per_image_naive"):
+        cats.append("Florence s/img (batch 8)")
+        naive.append(_g(secs, "florence", "per_image_naive"))
+        ours.append(_g(secs, "florence", "per_image_ours"))
+        int8.append(None)
+    if _g(secs, "llama", "naive_per_caption", "median"):
+        cats.append("Llama s/caption")
+        naive.append(_g(secs, "llama", "naive_per_caption", "median"))
+        ours.append(_g(secs, "llama", "ours_per_caption", "median"))
+        int8.append(None)
+    if _g(secs, "gate", "without_gate", "median"):
+        cats.append("10 captions, gate")
+        naive.append(_g(secs, "gate", "without_gate", "median"))
+        ours.append(_g(secs, "gate", "with_gate", "median"))
+        int8.append(None)
+    if cats:
+        series = {"naive / no gate": naive, "SafeCut": ours}
+        if any(v is not None for v in int8):
+            series["SafeCut INT8"] = int8
+        made.append(plots.bars(os.path.join(d, "naive_vs_safecut.png"), "Naive reference vs SafeCut (seconds, log)",
+                               cats, series, "seconds", log=True))
+    q = _g(secs, "quant", "quants")
+    if q:
+        names = list(q)
+        made.append(plots.bars(os.path.join(d, "quantizations.png"), "Llama-3.2-1B dims: per quantization",
+                               names, {"file GB": [q[k]["bytes"] / 1e9 for k in names],
+                                       "load s": [q[k]["load"] for k in names],
+                                       "caption s": [q[k]["caption"]["median"] for k in names],
+                                       "prompt 100 tok s": [q[k]["prompt"]["median"] for k in names]}, "GB / s"))
+    cs = secs.get("coldstart", {}).get("data", {})
+    runs = {k: v for k, v in cs.items() if isinstance(v, dict) and "spawn_to_result" in v}
+    if runs:
+        names = list(runs)
+        made.append(plots.bars(
+            os.path.join(d, "coldstart.png"), "Cold start: process start → first result (s)",
+            [n.replace(" | ", "\n") for n in names],
+            {"interpreter": [runs[k]["interpreter"] for k in names], "imports": [runs[k]["import"] for k in names],
+             "model load": [sum(runs[k]["load"].values()) for k in names],
+             "first inference": [sum(runs[k]["first"].values()) for k in names]}, "seconds", stacked=True))
+    gemm = _g(secs, "env", "gemm_fp32", "gflops")
+    fl = _g(secs, "ben2", "flops", "total")
+    if gemm and fl and _g(secs, "ben2", "ours", "median"):
+        cats = ["ORT GEMM fp32", "ORT GEMM int8", "BEN2 fp32", "BEN2 int8 (fp32-equiv.)"]
+        vals = [gemm, _g(secs, "env", "gemm_int8_dynamic", "gflops"), fl / _g(secs, "ben2", "ours", "median") / 1e9,
+                fl / _g(secs, "ben2", "int8", "median") / 1e9 if _g(secs, "ben2", "int8", "median") else None]
+        made.append(plots.bars(os.path.join(d, "flops.png"), "Achieved vs achievable (GFLOP/s)", cats,
+                               {"GFLOP/s": vals}, "GFLOP/s"))
+    return made

@@ -1,0 +1,205 @@
+"""The bench runs end to end on tiny models (CI smoke test), and safecut.quantize makes a working INT8 BEN2."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, subject_image
+
+SECTIONS = ["env", "import", "ben2", "llama", "quant", "florence", "gate", "pipeline", "coldstart"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench-out")
+    models = tmp_path_factory.mktemp("bench-models")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", SAFECUT_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.pop("SAFECUT_MODELS_DIR", None)
+    r = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out), "--models-dir", str(models)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    return r, out
+
+
+@pytest.mark.slow
+def test_quick_bench_writes_json_markdown_and_plots(quick_run):
+    r, out = quick_run
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    with open(out / "results.json") as f:
+        res = json.load(f)
+    assert res["meta"]["quick"] is True
+    assert res["meta"]["wall_seconds"] < 120
+    secs = res["sections"]
+    for name in SECTIONS + ["builds"]:
+        assert name in secs, name
+        assert secs[name]["error"] is None, (name, secs[name]["error"])
+        assert secs[name]["rows"], name
+    d = secs["ben2"]["data"]
+    assert d["naive"]["n"] >= 1 and d["ours"]["median"] > 0 and d["int8"]["median"] > 0
+    assert d["flops"]["total"] > 0
+    assert secs["env"]["data"]["gemm_fp32"]["gflops"] > 0
+    assert set(secs["quant"]["data"]["quants"]) == {"Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M"}
+    assert secs["llama"]["data"]["naive_usage"][0][1] > 0
+    assert {"cpu-fast | no opt cache", "cpu-full | opt cache (read), mmap GGUF"} <= set(secs["coldstart"]["data"])
+    targets = {t["target"]: t for t in res["targets"]}
+    for prefix in ("BEN2 warm ≥ 1.5×", "BEN2 warm ≥ 2.5×", "repeat call on a cached model", "Llama classification",
+                   "Florence batch of 8", "gate on a 60 %", "pack import ≤ 150 ms", "full CPU pipeline"):
+        assert any(k.startswith(prefix) for k in targets), prefix
+    md = (out / "RESULTS.md").read_text()
+    assert "## Targets" in md and "| target | measured | met |" in md
+    for title in ("BEN2 background removal", "Llama quantizations", "Cold start", "Full CPU pipeline"):
+        assert title in md, title
+    assert "| Q4_K_M |" in md
+    from PIL import Image
+
+    pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert {"naive_vs_safecut.png", "quantizations.png", "coldstart.png", "flops.png"} <= set(pngs)
+    for name in pngs:
+        with Image.open(out / "plots" / name) as im:
+            assert im.format == "PNG" and im.size[0] > 100
+
+
+def test_only_rejects_unknown_sections():
+    r = subprocess.run([sys.executable, "-m", "bench", "--only", "nope"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and "unknown section" in r.stderr
+
+
+def test_pil_plot_fallback(tmp_path):
+    sys.path.insert(0, ROOT)
+    from bench import plots
+    from PIL import Image
+
+    p = plots._pil(str(tmp_path / "a.png"), "t", ["a", "b"], {"x": [1.0, None], "y": [2.0, 3.0]}, "s", False, False)
+    q = plots._pil(str(tmp_path / "b.png"), "t", ["a"], {"x": [1.0], "y": [2.0]}, "s", True, True)
+    for f in (p, q):
+        with Image.open(f) as im:
+            assert im.format == "PNG"
+
+
+def test_flop_counter_counts_conv_and_matmul(tmp_path):
+    sys.path.insert(0, ROOT)
+    from bench.flops import count_flops
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    b = numpy_helper.from_array(np.ones((8, 5), np.float32), "b")
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Reshape", ["c", "shape"], ["r"]),
+         helper.make_node("MatMul", ["r", "b"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [w, b, numpy_helper.from_array(np.array([-1, 8], np.int64), "shape")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    r = count_flops(m, {"x": [1, 3, 2, 4]})
+    conv = 2 * (1 * 4 * 2 * 4) * (3 * 3 * 3)   # outputs x (Cin k k) MACs
+    mm = 2 * (4 * 5 * 8)                        # [4,8] x [8,5]
+    assert r["by_op"] == {"Conv": conv, "MatMul": mm} and r["unknown"] == 0
+
+
+# ---- safecut/quantize.py ------------------------------------------------------------------------------
+def _io(path):
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return ([(i.name, i.type, i.shape) for i in s.get_inputs()], [(o.name, o.type, o.shape) for o in s.get_outputs()])
+
+
+def _ops(path):
+    import onnx
+
+    return {n.op_type for n in onnx.load(path).graph.node}
+
+
+@pytest.fixture(scope="module")
+def tiny_matmul_ben2(tmp_path_factory):
+    """A tiny model of the bench's synthetic BEN2 structure: window attention + MLPs (MatMuls) + conv decoder."""
+    sys.path.insert(0, ROOT)
+    from bench.synthetic_ben2 import build_tiny
+
+    return build_tiny(str(tmp_path_factory.mktemp("q") / "ben2" / "tiny-swin-ben2.onnx"))
+
+
+def test_quantize_ben2_int8_matmuls_same_io_close_mask(tiny_matmul_ben2, tmp_path):
+    from safecut import ben2
+    from safecut.quantize import quantize_ben2
+
+    out = quantize_ben2(tiny_matmul_ben2, str(tmp_path / "tiny.int8.onnx"))
+    assert os.path.isfile(out) and os.path.getsize(out) < os.path.getsize(tiny_matmul_ben2)
+    assert _io(out) == _io(tiny_matmul_ben2)                      # same names, dtypes (float16 output), shapes
+    ops = _ops(out)
+    assert ops & {"DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul"}, ops
+    assert "ConvInteger" not in ops                               # convs stay float (faster on CPU)
+    img = subject_image(96, 128)
+    a = ben2.remove_background([img], tiny_matmul_ben2, device="CPU", keep_loaded=False).masks[0]
+    b = ben2.remove_background([img], out, device="CPU", keep_loaded=False).masks[0]
+    assert a.shape == b.shape == (96, 128)
+    assert float(np.abs(a - b).mean()) < 0.05
+
+
+def test_quantize_testkit_ben2_default_path_and_conv_method(tiny_ben2_path, models_dir):
+    """The testkit's conv-only tiny BEN2: resolved by name from models/ben2, written next to it by default."""
+    import shutil
+
+    from safecut import ben2
+    from safecut.quantize import quantize_ben2
+
+    d = models_dir / "ben2"
+    d.mkdir()
+    shutil.copy(tiny_ben2_path, d / "tiny-ben2.onnx")
+    out = quantize_ben2("tiny-ben2.onnx")
+    assert out == str(d / "tiny-ben2.int8.onnx")
+    assert _io(out) == _io(str(d / "tiny-ben2.onnx"))
+    conv = quantize_ben2("tiny-ben2.onnx", str(models_dir / "conv.onnx"), method="matmul+conv")
+    assert "ConvInteger" in _ops(conv)
+    img = subject_image()
+    ref = ben2.remove_background([img], "tiny-ben2.onnx", device="CPU", keep_loaded=False).masks[0]
+    for path in (out, conv):
+        m = ben2.remove_background([img], path, device="CPU", keep_loaded=False).masks[0]
+        assert float(np.abs(m - ref).mean()) < 0.05
+        assert m[48, 64] > 0.8 and m[2, 2] < 0.2                  # still cuts the bright subject out
+
+
+def test_quantize_cli_and_errors(tiny_matmul_ben2, tmp_path):
+    from safecut.cli import main
+    from safecut.errors import SafeCutError
+    from safecut.quantize import quantize_ben2
+
+    out = tmp_path / "cli.int8.onnx"
+    assert main(["models", "quantize", tiny_matmul_ben2, "--output", str(out)]) == 0
+    assert out.is_file()
+    with pytest.raises(SafeCutError):
+        quantize_ben2(tiny_matmul_ben2, tiny_matmul_ben2)        # never overwrite the input
+    with pytest.raises(SafeCutError):
+        quantize_ben2(tiny_matmul_ben2, str(tmp_path / "x.onnx"), method="nope")
+    with pytest.raises(Exception):
+        quantize_ben2("does-not-exist.onnx")
+
+
+def test_fold_fp16_casts_makes_mixed_precision_matmuls_quantizable(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from safecut.quantize import fold_fp16_casts, quantize_ben2
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 8)).astype(np.float16), "w16")
+    g = helper.make_graph(
+        [helper.make_node("Cast", ["w16"], ["w32"], to=TensorProto.FLOAT),
+         helper.make_node("MatMul", ["x", "w32"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    src = str(tmp_path / "mixed.onnx")
+    onnx.save(m, src)
+    m2 = onnx.load(src)
+    assert fold_fp16_casts(m2) == 1
+    assert [n.op_type for n in m2.graph.node] == ["MatMul"]
+    assert [t.name for t in m2.graph.initializer] == ["w32"] and m2.graph.initializer[0].data_type == TensorProto.FLOAT
+    out = quantize_ben2(src, str(tmp_path / "mixed.int8.onnx"))
+    assert _ops(out) & {"MatMulInteger", "DynamicQuantizeMatMul"}
