@@ -188,22 +188,10 @@ def write_llama_f16(path: str, vocab_path: str, dims: dict = LLAMA_DIMS, seed: i
     w.add_chat_template(CHAT_TEMPLATE)
     w.add_tensor("token_embd.weight", rnd(V, H))  # tied output
     w.add_tensor("output_norm.weight", np.ones(H, np.float32))
-    for i in range(L):
-        p = f"blk.{i}."
-        w.add_tensor(p + "attn_norm.weight", np.ones(H, np.float32))
-        w.add_tensor(p + "attn_q.weight", rnd(H, H))
-        w.add_tensor(p + "attn_k.weight", rnd(NKV * hd, H))
-        w.add_tensor(p + "attn_v.weight", rnd(NKV * hd, H))
-        w.add_tensor(p + "attn_output.weight", rnd(H, H))
-        w.add_tensor(p + "ffn_norm.weight", np.ones(H, np.float32))
-        w.add_tensor(p + "ffn_gate.weight", rnd(F, H))
-        w.add_tensor(p + "ffn_up.weight", rnd(F, H))
-        w.add_tensor(p + "ffn_down.weight", rnd(H, F))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    os.replace(tmp, path)
+    from safecut.testkit.tiny_gguf import add_llama_blocks, finish
+
+    add_llama_blocks(w, L, H, F, NKV * hd, rnd)
+    finish(w, tmp, path)
     params = V * H + H + L * (2 * H + 2 * H * H + 2 * NKV * hd * H + 3 * F * H)
     return {"params": params, "vocab_parse_seconds": round(t_vocab, 2), "n_vocab": V, "n_merges": len(merges)}
 

@@ -205,23 +205,34 @@ def write_f32_gguf(path: str) -> str:
     w.add_tensor("token_embd.weight", embd)
     w.add_tensor("output_norm.weight", np.ones(HIDDEN, np.float32))
     w.add_tensor("output.weight", out)
-    for i in range(LAYERS):
+    add_llama_blocks(w, LAYERS, HIDDEN, FFN, KV_HEADS * hd, rnd)
+    finish(w, tmp, path)
+    return path
+
+
+def add_llama_blocks(w, layers: int, hidden: int, ffn: int, kv_dim: int, rnd) -> None:
+    """The transformer blocks of a Llama-architecture GGUF (numpy shapes = reversed ggml ne).
+    ``rnd(rows, cols)`` makes a weight matrix; norms are ones. Shared with bench/models.py."""
+    for i in range(layers):
         p = f"blk.{i}."
-        w.add_tensor(p + "attn_norm.weight", np.ones(HIDDEN, np.float32))
-        w.add_tensor(p + "attn_q.weight", rnd(HIDDEN, HIDDEN))
-        w.add_tensor(p + "attn_k.weight", rnd(KV_HEADS * hd, HIDDEN))
-        w.add_tensor(p + "attn_v.weight", rnd(KV_HEADS * hd, HIDDEN))
-        w.add_tensor(p + "attn_output.weight", rnd(HIDDEN, HIDDEN))
-        w.add_tensor(p + "ffn_norm.weight", np.ones(HIDDEN, np.float32))
-        w.add_tensor(p + "ffn_gate.weight", rnd(FFN, HIDDEN))
-        w.add_tensor(p + "ffn_up.weight", rnd(FFN, HIDDEN))
-        w.add_tensor(p + "ffn_down.weight", rnd(HIDDEN, FFN))
+        w.add_tensor(p + "attn_norm.weight", np.ones(hidden, np.float32))
+        w.add_tensor(p + "attn_q.weight", rnd(hidden, hidden))
+        w.add_tensor(p + "attn_k.weight", rnd(kv_dim, hidden))
+        w.add_tensor(p + "attn_v.weight", rnd(kv_dim, hidden))
+        w.add_tensor(p + "attn_output.weight", rnd(hidden, hidden))
+        w.add_tensor(p + "ffn_norm.weight", np.ones(hidden, np.float32))
+        w.add_tensor(p + "ffn_gate.weight", rnd(ffn, hidden))
+        w.add_tensor(p + "ffn_up.weight", rnd(ffn, hidden))
+        w.add_tensor(p + "ffn_down.weight", rnd(hidden, ffn))
+
+
+def finish(w, tmp: str, path: str) -> None:
+    """Write a GGUFWriter's file under a temp name, then move it into place."""
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
     os.replace(tmp, path)
-    return path
 
 
 def quantize(src: str, dst: str, quant: str, threads: int = 2) -> str:
