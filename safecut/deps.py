@@ -12,7 +12,8 @@ _KNOWN = {
     "torch": ("torch", "Florence-2 captions", "install PyTorch as ComfyUI's README says (SafeCut never installs torch)"),
     "transformers": ("transformers", "Florence-2 captions", "pip install 'transformers>=4.56'"),
     "llama_cpp": ("llama-cpp-python", "the Llama safety classifier",
-                  "pip install llama-cpp-python   (CUDA wheels: see SafeCut README, 'GPU install')"),
+                  "SAFECUT_BUILD_LLAMA=1 python custom_nodes/comfyui-safecut/install.py   (CPU; CUDA "
+                  "wheels: see SafeCut README, 'GPU install')"),
     "huggingface_hub": ("huggingface_hub", "model downloads", "pip install huggingface_hub"),
     "PIL": ("pillow", "image loading", "pip install pillow"),
 }
