@@ -528,7 +528,7 @@ def test_save_png_atomic_roundtrip(tmp_path):
 def test_failed_write_leaves_no_temp_file(tmp_path, monkeypatch):
     def full(src, dst):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(imaging.os, "replace", full)
+    monkeypatch.setattr(os, "replace", full)
     with pytest.raises(imaging.SaveError) as ei:
         imaging.save_png_atomic(str(tmp_path / "o.png"), np.zeros((2, 2, 3), np.uint8), {})
     assert "disk is full" in str(ei.value) and "o.png" in str(ei.value)

@@ -322,8 +322,8 @@ def test_disk_full_leaves_no_temp_files(saver, dirs, mods, monkeypatch):
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(mods["imaging"].os, "link", full)
-    monkeypatch.setattr(mods["imaging"].os, "replace", full)
+    monkeypatch.setattr(os, "link", full)
+    monkeypatch.setattr(os, "replace", full)
     with pytest.raises(mods["imaging"].SaveError, match="disk is full"):
         save(saver, img, mask=[mask])
     assert os.listdir(out / "safecut") == []
