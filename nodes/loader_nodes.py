@@ -28,23 +28,42 @@ def input_root() -> str:
         return os.path.abspath(os.environ.get("SAFECUT_INPUT_DIR") or os.getcwd())
 
 
+# The shipped workflows read this folder of input/ (not all of input/, which holds ComfyUI's example.png
+# and every earlier upload); it is created on first use so a new user finds where images go.
+DEFAULT_FOLDER = "safecut"
+
+
+def resolve_folder(directory: str | None) -> str:
+    """The real folder ``directory`` names inside the input folder (BadInputError when it is unsafe or
+    missing); DEFAULT_FOLDER is created when missing."""
+    root = input_root()
+    if (directory or "").strip().strip("/") == DEFAULT_FOLDER:
+        try:
+            os.makedirs(os.path.join(root, DEFAULT_FOLDER), exist_ok=True)
+        except OSError:
+            pass  # read-only input folder or a file of that name: resolve_dir says what is wrong
+    return imaging.resolve_dir(directory or "", root, imaging.allowed_roots_from_env())
+
+
 def select_files(directory: str = "", pattern: str = "*", sort: str = "natural", start_index: int = 0,
                  limit: int = 0, uploads: str = "") -> imaging.FileList:
-    """The files a run will load (shared by run, IS_CHANGED and VALIDATE_INPUTS)."""
+    """The files a run will load (shared by run and IS_CHANGED)."""
     root = input_root()
-    roots = [root] + imaging.allowed_roots_from_env()
     if uploads and uploads.strip():
+        # upload names are relative to the input folder itself: worker-comfyui writes them there
         files = imaging.select_uploads(root, uploads, imaging.allowed_roots_from_env())
         start = max(int(start_index or 0), 0)
         end = start + int(limit) if limit and int(limit) > 0 else None
         # start/limit apply to the uploads' combined order (refused names are reported, not counted)
         return imaging.FileList(files[start:end], base=files.base, refused=files.refused)
-    folder = imaging.resolve_dir(directory or "", root, imaging.allowed_roots_from_env())
-    files = imaging.list_images(folder, pattern, sort, start_index, limit, roots=roots)
+    folder = resolve_folder(directory)
+    files = imaging.list_images(folder, pattern, sort, start_index, limit,
+                                roots=[root] + imaging.allowed_roots_from_env())
     if not files and not files.refused:
-        raise BadInputError(f"no images matching '{pattern or '*'}' in folder '{directory or '.'}' ({folder})"
+        raise BadInputError(f"no images matching '{pattern or '*'}' in folder '{directory or '.'}'"
                             + (f" from index {start_index}" if start_index else "")
-                            + f". SafeCut reads {', '.join(imaging.IMAGE_EXTENSIONS)}.")
+                            + f". Put your images in {folder} or set 'directory' to the folder that holds them "
+                            f"('' = the whole input folder). SafeCut reads {', '.join(imaging.IMAGE_EXTENSIONS)}.")
     return files
 
 
@@ -108,18 +127,14 @@ class SafeCutLoadImageBatch:
         return imaging.fingerprint(files)
 
     @classmethod
-    def VALIDATE_INPUTS(cls, directory=None, pattern=None, uploads=None):
-        # Linked (not typed) values arrive as None here and are checked in run().
+    def VALIDATE_INPUTS(cls, directory=None):
+        # ComfyUI blames every input named in this signature for a failure (execution.validate_inputs adds
+        # one custom_validation_failed error per argument), so only `directory` is checked before the run:
+        # its errors land on its widget. pattern and uploads are checked by run(), in errors naming them.
+        if directory is None:  # linked, not typed: checked in run()
+            return True
         try:
-            if uploads is not None and uploads.strip():
-                for tok in uploads.replace("\n", ",").split(","):
-                    if tok.strip():
-                        imaging.check_user_path(tok, "upload name", allow_absolute=False)
-                return True
-            if pattern is not None:
-                imaging.check_pattern(pattern)
-            if directory is not None:
-                imaging.resolve_dir(directory, input_root(), imaging.allowed_roots_from_env())
+            resolve_folder(directory)
         except SafeCutError as exc:
             return str(exc)
         return True

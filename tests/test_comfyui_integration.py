@@ -297,6 +297,11 @@ def node_error_types(body: dict, node_id: str) -> list[str]:
     return [e["type"] for e in body["node_errors"][node_id]["errors"]]
 
 
+def flagged_inputs(body: dict, node_id: str) -> list[str]:
+    """The widgets the frontend marks red for a node's validation errors."""
+    return [e["extra_info"].get("input_name") for e in body["node_errors"][node_id]["errors"]]
+
+
 def test_bad_requests_come_back_as_node_errors(comfy):
     folder = images_in(comfy, "bad_requests")
 
@@ -321,10 +326,12 @@ def test_bad_requests_come_back_as_node_errors(comfy):
     status, body = comfy.post_prompt(wf)
     assert status == 400 and "custom_validation_failed" in node_error_types(body, "1"), body
     assert "does not exist" in json.dumps(body["node_errors"]["1"])
+    assert flagged_inputs(body, "1") == ["directory"], body  # only the widget at fault, not pattern/uploads
 
     wf = fast_workflow("../outside")  # and so is a path out of the input folder
     status, body = comfy.post_prompt(wf)
     assert status == 400 and "custom_validation_failed" in node_error_types(body, "1"), body
+    assert flagged_inputs(body, "1") == ["directory"], body
 
     entry, _ = run_ok(comfy, fast_workflow(folder), "a good prompt after the bad ones")
     assert len([i for i in entry["outputs"]["3"]["images"] if i["filename"].endswith(".png")]) == len(IMAGES)
@@ -345,6 +352,12 @@ def test_runtime_errors_are_execution_errors_and_the_server_goes_on(comfy):
     assert H.status_of(entry) == "error"
     err = H.execution_error(entry)
     assert err["node_id"] == "1" and "no images" in err["exception_message"], err
+
+    wf = fast_workflow("runtime_empty")  # a bad upload name is an execution error naming 'uploads'
+    wf["1"]["inputs"]["uploads"] = "../escape.png"
+    entry = comfy.run(wf)
+    err = H.execution_error(entry)
+    assert err["node_id"] == "1" and err["exception_message"].startswith("uploads entry '../escape.png'"), err
 
     assert comfy.alive()
     folder = images_in(comfy, "runtime_after")

@@ -171,16 +171,58 @@ def test_validate_inputs_refuses_escapes(loader, dirs, tmp_path, monkeypatch):
     inp, _ = dirs
     (inp / "ok").mkdir()
     os.symlink(tmp_path, inp / "esc")
-    assert loader.VALIDATE_INPUTS(directory="ok", pattern="*.png") is True
+    assert loader.VALIDATE_INPUTS(directory="ok") is True
     assert loader.VALIDATE_INPUTS() is True  # linked values are checked at run time
     for bad in ("..", "ok/../..", str(tmp_path), "%2e%2e", "ok\\..", "ok\x00", "esc", "missing"):
-        msg = loader.VALIDATE_INPUTS(directory=bad, pattern="*")
-        assert isinstance(msg, str) and msg, bad
-    assert "pattern" in loader.VALIDATE_INPUTS(directory="ok", pattern="../*")
-    assert isinstance(loader.VALIDATE_INPUTS(directory="missing", uploads="../x.png"), str)
-    assert loader.VALIDATE_INPUTS(directory="missing", uploads="a.png") is True  # directory unused
+        msg = loader.VALIDATE_INPUTS(directory=bad)
+        assert isinstance(msg, str) and msg.startswith("folder"), bad
     monkeypatch.setenv("SAFECUT_ALLOWED_ROOTS", str(tmp_path))
-    assert loader.VALIDATE_INPUTS(directory=str(tmp_path), pattern="*") is True
+    assert loader.VALIDATE_INPUTS(directory=str(tmp_path)) is True
+
+
+def comfyui_flagged_inputs(cls, inputs: dict) -> list[str]:
+    """The input names ComfyUI 0.3.64 marks for a VALIDATE_INPUTS failure (execution.validate_inputs):
+    every input the prompt gives that is also an argument of VALIDATE_INPUTS, whatever the message says."""
+    import inspect
+
+    spec = inspect.getfullargspec(cls.VALIDATE_INPUTS)
+    given = {k: v for k, v in inputs.items() if k in spec.args or spec.varkw}
+    return [] if cls.VALIDATE_INPUTS(**given) is True else list(given)
+
+
+def test_each_path_error_is_blamed_on_its_own_widget(loader, dirs, mods):
+    inp, _ = dirs
+    (inp / "ok").mkdir()
+    solid(inp / "ok" / "a.png", (2, 2), (0, 0, 0))
+    solid(inp / "up.png", (2, 2), (0, 0, 0))
+    good = dict(directory="ok", pattern="*", sort="natural", start_index=0, limit=0, mode="list",
+                batch_fit="pad", on_error="fail", uploads="")
+    assert comfyui_flagged_inputs(loader, good) == []
+    assert comfyui_flagged_inputs(loader, dict(good, directory="../x")) == ["directory"]
+    assert comfyui_flagged_inputs(loader, dict(good, directory="nope")) == ["directory"]
+    # a bad pattern or upload name no longer marks 'directory' (nor each other): run() names them
+    assert comfyui_flagged_inputs(loader, dict(good, pattern="../*")) == []
+    assert comfyui_flagged_inputs(loader, dict(good, uploads="../x.png")) == []
+    with pytest.raises(mods["errors"].BadInputError, match=r"^pattern '\.\./\*'"):
+        run_loader(loader, **dict(good, pattern="../*"))
+    with pytest.raises(mods["errors"].BadInputError, match=r"^uploads entry '\.\./x\.png' contains '\.\.'"):
+        run_loader(loader, **dict(good, uploads="up.png, ../x.png"))
+    assert run_loader(loader, **dict(good, uploads="up.png"))[2] == ["up.png"]  # uploads: from input/ itself
+
+
+def test_default_folder_is_created_and_named_when_empty(loader, dirs, mods):
+    inp, _ = dirs
+    solid(inp / "example.png", (2, 2), (0, 0, 0))  # ComfyUI's own input image: not SafeCut's to read
+    assert loader.VALIDATE_INPUTS(directory="safecut") is True
+    assert (inp / "safecut").is_dir()
+    with pytest.raises(mods["errors"].BadInputError) as err:
+        run_loader(loader, directory="safecut")
+    assert f"Put your images in {os.path.realpath(inp / 'safecut')}" in str(err.value)
+    solid(inp / "safecut" / "mine.png", (2, 2), (0, 0, 0))
+    assert run_loader(loader, directory="safecut")[2] == ["mine.png"]
+    # uploads (worker-comfyui writes them to input/ itself) still load while directory is the default
+    assert run_loader(loader, directory="safecut", uploads="example.png")[2] == ["example.png"]
+    assert loader.VALIDATE_INPUTS(directory="other") != True and not (inp / "other").exists()  # no typo folders
 
 
 def test_progress_is_called_per_file(loader, dirs, mods, monkeypatch):

@@ -132,7 +132,7 @@ def select_uploads(input_root: str, names_or_prefix: str, allowed_roots: Sequenc
     seen: set[str] = set()
     unmatched: list[str] = []
     for tok in tokens:
-        tok = check_user_path(tok, "upload name", allow_absolute=False)
+        tok = check_user_path(tok, "uploads entry", allow_absolute=False)
         is_prefix = tok.endswith("*") or os.path.splitext(tok)[1].lower() not in IMAGE_EXTENSIONS
         tok = tok.rstrip("*")
         if not is_prefix:
