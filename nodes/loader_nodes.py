@@ -15,6 +15,7 @@ import os
 
 from ..safecut import imaging
 from ..safecut.errors import BadInputError, SafeCutError
+from ..safecut.workflows import INPUT_FOLDER
 from .common import CATEGORY, Progress, combo, dumps, to_image_tensor, to_mask_tensor, ui_result
 
 
@@ -28,9 +29,8 @@ def input_root() -> str:
         return os.path.abspath(os.environ.get("SAFECUT_INPUT_DIR") or os.getcwd())
 
 
-# The shipped workflows read this folder of input/ (not all of input/, which holds ComfyUI's example.png
-# and every earlier upload); it is created on first use so a new user finds where images go.
-DEFAULT_FOLDER = "safecut"
+# The shipped workflows' folder inside input/: created on first use, so a new user finds where images go.
+DEFAULT_FOLDER = INPUT_FOLDER
 
 
 def resolve_folder(directory: str | None) -> str:

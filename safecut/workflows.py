@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 
 from . import contract as C
 
+# The workflows read this folder of ComfyUI's input/ (the loader node creates it on first use), not all of
+# input/, which holds ComfyUI's example.png and every earlier upload.
+INPUT_FOLDER = "safecut"
+
 # ---- profiles: what differs between the CPU and the GPU variant --------------------------------------
 PROFILE_VALUES = {
     "cpu": {"provider": "CPU", "device": "CPU", "precision": "fp32", "n_gpu_layers": 0, "threads": 0,
@@ -46,7 +50,7 @@ class Graph:
 def _fast(profile: str) -> Graph:
     p = PROFILE_VALUES[profile]
     nodes = [
-        N(1, "SafeCutLoadImageBatch", {"directory": "", "mode": "list"}, "Load images", (20, 0)),
+        N(1, "SafeCutLoadImageBatch", {"directory": INPUT_FOLDER, "mode": "list"}, "Load images", (20, 0)),
         N(2, "SafeCutBEN2RemoveBackground", {"model": "BEN2_Base.onnx", "provider": p["provider"],
                                              "threads": p["threads"], "batch_size": p["batch_size"]},
           "BEN2 cut-out", (420, 0)),
@@ -60,7 +64,7 @@ def _full(profile: str) -> Graph:
     p = PROFILE_VALUES[profile]
     gpu = profile == "gpu"
     nodes = [
-        N(1, "SafeCutLoadImageBatch", {"directory": "", "mode": "list"}, "Load images", (20, 0)),
+        N(1, "SafeCutLoadImageBatch", {"directory": INPUT_FOLDER, "mode": "list"}, "Load images", (20, 0)),
         N(2, "SafeCutBEN2RemoveBackground", {"model": "BEN2_Base.onnx", "provider": p["provider"],
                                              "threads": p["threads"], "batch_size": p["batch_size"]},
           "BEN2 cut-out", (420, 0)),
@@ -84,32 +88,37 @@ def _full(profile: str) -> Graph:
                  NOTE_FULL_GPU if gpu else NOTE_FULL_CPU, nodes, links)
 
 
-NOTE_FAST = """# SafeCut — CPU fast
-Cuts the subject out of every image in ComfyUI's **input** folder and saves RGBA PNGs to **output/safecut/**.
+IMAGES_LINE = f"""* Put your images in `ComfyUI/input/{INPUT_FOLDER}/` (made on the first run), or set *directory* to another
+  folder inside `input/` ('' = all of it). Through worker-comfyui the request's images land in `input/` itself
+  and *uploads* (their names or a prefix) picks them instead of *directory*.
+"""
 
-* Put images in `ComfyUI/input/` (or set *directory* to a sub-folder of it). Through worker-comfyui, the
-  request's images land there too: set *uploads* to their names or a prefix.
-* Model: `models/ben2/BEN2_Base.onnx` (downloaded on first use when online;
+NOTE_FAST = f"""# SafeCut — CPU fast
+Cuts the subject out of every image in **input/{INPUT_FOLDER}/** and saves RGBA PNGs to **output/safecut/**.
+
+{IMAGES_LINE}* Model: `models/ben2/BEN2_Base.onnx` (downloaded on first use when online;
   `python -m safecut models fetch BEN2_Base.onnx` fetches it by hand).
 * The BEN2 node shows the device it really used. Switch to GPU with
   `python -m safecut workflow to-gpu this.json gpu.json`.
 """
 
-NOTE_FULL_CPU = """# SafeCut — CPU full (cut-out + caption + verdict)
+NOTE_FULL_CPU = f"""# SafeCut — CPU full (cut-out + caption + verdict)
 Load → **BEN2** cut-out → **Florence-2** caption (fp32 on CPU) → **Keyword Gate** (+ **NudeNet**) →
 **Llama** classifier → **Save Cutout** with each verdict embedded in the PNG and in a JSON report.
 
-* The gate settles clear captions by keywords; the Llama node is a *lazy* input: it only runs (and its model
+{IMAGES_LINE}* The gate settles clear captions by keywords; the Llama node is a *lazy* input: it only runs (and its model
   only loads) when some caption is undecided, and only undecided captions reach it.
 * NudeNet's bundled 320n weights are **AGPL-3.0** (NudeNet's code is MIT).
 * Unsafe images are not saved (*save_unsafe* off) but are listed in the report.
 * Models: `python -m safecut models fetch --profile cpu-full`.
 """
 
-NOTE_FULL_GPU = """# SafeCut — GPU full
+NOTE_FULL_GPU = f"""# SafeCut — GPU full
 Same graph as *CPU full* on CUDA: BEN2 with the CUDA provider, Florence-2 large in fp16, Llama Guard with all
 layers on the GPU (needs a CUDA build of llama-cpp-python), larger batches.
 Every model node reports the device it actually used; without a usable GPU it says so and runs on CPU.
+
+{IMAGES_LINE}
 Models: `python -m safecut models fetch --profile gpu-full`.
 """
 

@@ -138,3 +138,11 @@ def test_ready_worker_payloads_match_the_workflows(name):
     loader["inputs"]["uploads"] = ""
     assert wf == _load("api_workflows", name) and W.validate_api(wf) == []
     assert os.path.getsize(os.path.join(ROOT, "deploy", "payloads", name + ".json")) < 10 * 1024 * 1024  # /run limit
+
+
+def test_workflows_read_their_own_input_folder_named_in_the_note():
+    # not all of input/ (ComfyUI's example.png, earlier uploads); worker uploads are picked by 'uploads'
+    for g in W.GRAPHS.values():
+        loaders = [n for n in g.nodes if n.class_type == "SafeCutLoadImageBatch"]
+        assert loaders and all(n.widgets["directory"] == W.INPUT_FOLDER == "safecut" for n in loaders), g.name
+        assert f"`ComfyUI/input/{W.INPUT_FOLDER}/`" in g.note, g.name
