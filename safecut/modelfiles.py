@@ -181,23 +181,103 @@ def check_files(spec: ModelSpec, path: str) -> None:
 
 
 # ---- download -----------------------------------------------------------------------------------
+class HostNotFound(OSError):
+    """The download host's name does not resolve: offline, or DNS is down."""
+
+    def __init__(self, host: str, reason: object):
+        super().__init__(f"{host} cannot be resolved ({reason})")
+        self.host = host
+
+
+def _check_resolvable(host: str | None) -> None:
+    """Fail at once when ``host`` does not resolve: huggingface_hub would retry for ~24 s (5 retries with
+    backoff) and log every attempt. Skipped behind an HTTPS proxy, which resolves names itself."""
+    import socket
+    import urllib.request
+
+    if not host:
+        return
+    proxies = urllib.request.getproxies()
+    if ("https" in proxies or "all" in proxies) and not urllib.request.proxy_bypass(host):
+        return
+    try:
+        socket.getaddrinfo(host, 443, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise HostNotFound(host, exc.strerror or exc) from exc
+
+
+def _hub_host() -> str | None:
+    from urllib.parse import urlparse
+
+    return urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname
+
+
+class _HubLogsOnce:
+    """huggingface_hub's logger has its own stderr handler AND propagates to the root logger, so in
+    ComfyUI (whose root logger has a handler) each of its warnings is printed twice. While SafeCut calls
+    the hub, its records stay with its own handler."""
+
+    def __enter__(self):
+        self.logger = logging.getLogger("huggingface_hub")
+        self.prev = self.logger.propagate
+        if self.logger.handlers:
+            self.logger.propagate = False
+
+    def __exit__(self, *exc):
+        self.logger.propagate = self.prev
+
+
 def _hub_download(repo_id: str, filename: str, revision: str | None, dest_dir: str) -> str:
     """The one network call (mocked in tests). Returns the downloaded file's path."""
     from .deps import require
 
     hub = require("huggingface_hub")
-    return hub.hf_hub_download(repo_id=repo_id, filename=filename, revision=revision, local_dir=dest_dir)
+    _check_resolvable(_hub_host())
+    with _HubLogsOnce():
+        return hub.hf_hub_download(repo_id=repo_id, filename=filename, revision=revision, local_dir=dest_dir)
 
 
 def _url_download(url: str, filename: str, dest_dir: str) -> str:
     """Plain HTTPS download for files hosted outside the hub (mocked in tests)."""
     import urllib.request
+    from urllib.parse import urlparse
 
+    _check_resolvable(urlparse(url).hostname)
     out = os.path.join(dest_dir, filename)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with urllib.request.urlopen(url, timeout=60) as resp, open(out, "wb") as f:  # noqa: S310 (pinned URL)
         shutil.copyfileobj(resp, f, 4 << 20)
     return out
+
+
+def _unresolved_host(exc: BaseException) -> str | None:
+    """The host whose name did not resolve somewhere in ``exc``'s chain (HostNotFound, socket.gaierror,
+    urllib3's NameResolutionError inside requests' ConnectionError, httpx's ConnectError…), else None."""
+    import socket
+
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen or not isinstance(e, BaseException):
+            continue
+        seen.add(id(e))
+        if isinstance(e, HostNotFound):
+            return e.host
+        if isinstance(e, socket.gaierror) or type(e).__name__ == "NameResolutionError":
+            return getattr(e, "_host", None) or "the download host"
+        todo += [e.__cause__, e.__context__, getattr(e, "reason", None), *e.args]
+    return None
+
+
+def _download_error(spec: ModelSpec, root: str, exc: Exception) -> SafeCutError:
+    by_hand = f"place the file(s) by hand in {root} (on a machine with internet: {fetch_command(spec.name)})"
+    host = _unresolved_host(exc)
+    if host is not None:
+        return SafeCutError(f"Cannot download '{spec.name}': {host} cannot be resolved, so this machine looks "
+                            f"offline (or its DNS is down). Connect it and run again, or {by_hand}.")
+    reason = str(exc).strip().rstrip(".") or type(exc).__name__
+    return SafeCutError(f"Downloading '{spec.name}' from {spec.repo_id} failed: {reason}. Check the network, "
+                        f"or {by_hand}.")
 
 
 def download(spec: ModelSpec, dest_root: str | None = None) -> str:
@@ -225,13 +305,10 @@ def download(spec: ModelSpec, dest_root: str | None = None) -> str:
                 os.replace(tmp, final)
             else:
                 os.replace(os.path.join(tmp, spec.files[0].path), final)
-        except ChecksumError:
-            raise
-        except SafeCutError:
+        except SafeCutError:  # checksum errors and the like already say what to do
             raise
         except Exception as exc:
-            raise SafeCutError(f"Downloading '{spec.name}' from {spec.repo_id} failed: {exc}. "
-                               f"Check the network or place the file by hand in {root}.") from exc
+            raise _download_error(spec, root, exc) from exc
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     log.warning("SafeCut: %s saved to %s", spec.name, final)

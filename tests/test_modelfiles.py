@@ -152,3 +152,157 @@ def test_registry_entries_are_well_formed():
             assert rf.sha256 is None or (len(rf.sha256) == 64 and int(rf.sha256, 16) >= 0)
     ben = REGISTRY["BEN2_Base.onnx"]
     assert ben.files[0].sha256.startswith("22cea621") and ben.files[0].size == 222_932_053
+
+
+# ---- offline / hub down: fail at once, one log line, clean text ---------------------------------------------
+@pytest.fixture()
+def hub_spec(models_dir, monkeypatch):
+    spec = _spec("h.onnx", b"x" * 10)
+    monkeypatch.setitem(REGISTRY, spec.name, spec)
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    return spec
+
+
+def _no_dns(monkeypatch, calls):
+    import socket
+
+    def getaddrinfo(host, *a, **k):
+        calls.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def test_unresolvable_hub_fails_at_once_with_one_log_line(hub_spec, models_dir, monkeypatch, caplog):
+    import huggingface_hub
+
+    dns, hub_calls = [], []
+    _no_dns(monkeypatch, dns)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda **kw: hub_calls.append(kw))
+    caplog.set_level("INFO")
+    with pytest.raises(modelfiles.SafeCutError) as err:
+        modelfiles.resolve("ben2", "h.onnx", allow_download=True)
+    assert dns == ["huggingface.co"] and hub_calls == []  # never reaches the hub's 5-retry backoff loop
+    msg = str(err.value)
+    assert msg.startswith("Cannot download 'h.onnx': huggingface.co cannot be resolved, so this machine looks offline")
+    assert str(models_dir / "ben2") in msg and "python -m safecut models fetch h.onnx" in msg and ".." not in msg
+    assert [r.getMessage() for r in caplog.records] == ["SafeCut: downloading org/repo/h.onnx (0 MB) …"]
+    assert os.listdir(models_dir / "ben2") == []  # no temp folder left
+
+
+def test_url_host_is_checked_too(models_dir, monkeypatch):
+    spec = ModelSpec("u.onnx", "nudenet", "org/x", (RemoteFile("u.onnx", 3, None, url="https://files.example/u.onnx"),))
+    monkeypatch.setitem(REGISTRY, spec.name, spec)
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    dns = []
+    _no_dns(monkeypatch, dns)
+    with pytest.raises(modelfiles.SafeCutError, match="files.example cannot be resolved"):
+        modelfiles.resolve("nudenet", "u.onnx", allow_download=True)
+    assert dns == ["files.example"]
+
+
+def test_behind_a_proxy_the_proxy_resolves(hub_spec, monkeypatch):
+    import huggingface_hub
+
+    dns, hub_calls = [], []
+    _no_dns(monkeypatch, dns)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.local:3128")
+
+    def hub(**kw):
+        hub_calls.append(kw)
+        raise OSError("proxy said no")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub)
+    with pytest.raises(modelfiles.SafeCutError, match="failed: proxy said no. Check the network"):
+        modelfiles.resolve("ben2", "h.onnx", allow_download=True)
+    assert dns == [] and len(hub_calls) == 1
+
+
+def _requests_name_error():
+    import requests
+    from urllib3.exceptions import MaxRetryError, NameResolutionError
+
+    gai = __import__("socket").gaierror(-2, "Name or service not known")
+    inner = NameResolutionError("huggingface.co", None, gai)
+    return requests.ConnectionError(MaxRetryError(None, "/x", inner))
+
+
+def _hub_offline_error():
+    """What hf_hub_download raises after its retries when DNS fails: the gaierror sits deep in the chain."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    conn = ConnectionError("[Errno -2] Name or service not known")
+    conn.__cause__ = __import__("socket").gaierror(-2, "Name or service not known")
+    err = LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub and we cannot find "
+                                  "the requested files in the local cache. Please check your connection and try "
+                                  "again or make sure your Internet connection is on.")
+    err.__cause__ = conn
+    return err
+
+
+@pytest.mark.parametrize("make", [lambda: __import__("socket").gaierror(-2, "Name or service not known"),
+                                  _requests_name_error, _hub_offline_error],
+                         ids=["gaierror", "requests-NameResolutionError", "hub-LocalEntryNotFound"])
+def test_name_resolution_errors_from_the_network_call_read_the_same(hub_spec, monkeypatch, make):
+    calls = []
+
+    def hub(*a):
+        calls.append(a)
+        raise make()
+
+    monkeypatch.setattr(modelfiles, "_hub_download", hub)
+    with pytest.raises(modelfiles.SafeCutError) as err:
+        modelfiles.resolve("ben2", "h.onnx", allow_download=True)
+    assert len(calls) == 1  # SafeCut itself never retries
+    assert "cannot be resolved, so this machine looks offline" in str(err.value), str(err.value)
+
+
+def test_other_failures_read_cleanly(hub_spec, monkeypatch):
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def hub(*a):
+        raise LocalEntryNotFoundError("Please check your connection and try again or make sure your Internet "
+                                      "connection is on.")
+
+    monkeypatch.setattr(modelfiles, "_hub_download", hub)
+    with pytest.raises(modelfiles.SafeCutError) as err:
+        modelfiles.resolve("ben2", "h.onnx", allow_download=True)
+    msg = str(err.value)
+    assert "connection is on. Check the network, or place the file(s) by hand in" in msg and ".." not in msg
+
+
+def test_hub_warnings_are_printed_once_under_a_root_handler(hub_spec, monkeypatch):
+    """ComfyUI puts a handler on the root logger; huggingface_hub's logger has its own and propagates."""
+    import io
+    import logging
+    import socket
+
+    import huggingface_hub
+    from huggingface_hub.utils import logging as hub_logging
+
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [("ok",)])
+    stream = io.StringIO()
+    root_handler = logging.StreamHandler(stream)
+    logging.getLogger().addHandler(root_handler)
+    hub_logger = logging.getLogger("huggingface_hub")
+    assert hub_logger.handlers, "huggingface_hub no longer installs its own handler: revisit _HubLogsOnce"
+    hub_stream = io.StringIO()
+    old_streams = [h.setStream(hub_stream) for h in hub_logger.handlers]
+
+    def hub(**kw):
+        hub_logging.get_logger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
+        raise OSError("hub down")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub)
+    try:
+        with pytest.raises(modelfiles.SafeCutError, match="hub down"):
+            modelfiles.resolve("ben2", "h.onnx", allow_download=True)
+    finally:
+        logging.getLogger().removeHandler(root_handler)
+        for h, old in zip(hub_logger.handlers, old_streams):
+            h.setStream(old)
+    printed = stream.getvalue() + hub_stream.getvalue()
+    assert printed.count("Retrying in 1s") == 1, printed
+    assert hub_logger.propagate is True  # restored after the call
