@@ -88,7 +88,7 @@ def install_llama() -> bool:
         env.setdefault("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
         try:
             # -v: pip otherwise shows one spinner line for the whole build
-            pip("-v", "--no-cache-dir", "-c", constraints, f"llama-cpp-python=={LLAMA_VERSION}", env=env)
+            pip("-v", "-c", constraints, f"llama-cpp-python=={LLAMA_VERSION}", env=env)  # wheel cached for a rerun
             return True
         except (subprocess.CalledProcessError, OSError):
             return False
