@@ -29,17 +29,14 @@ def input_root() -> str:
         return os.path.abspath(os.environ.get("SAFECUT_INPUT_DIR") or os.getcwd())
 
 
-# The shipped workflows' folder inside input/: created on first use, so a new user finds where images go.
-DEFAULT_FOLDER = INPUT_FOLDER
-
-
 def resolve_folder(directory: str | None) -> str:
     """The real folder ``directory`` names inside the input folder (BadInputError when it is unsafe or
-    missing); DEFAULT_FOLDER is created when missing."""
+    missing). INPUT_FOLDER, the shipped workflows' folder, is created on first use so a new user finds
+    where images go."""
     root = input_root()
-    if (directory or "").strip().strip("/") == DEFAULT_FOLDER:
+    if (directory or "").strip().strip("/") == INPUT_FOLDER:
         try:
-            os.makedirs(os.path.join(root, DEFAULT_FOLDER), exist_ok=True)
+            os.makedirs(os.path.join(root, INPUT_FOLDER), exist_ok=True)
         except OSError:
             pass  # read-only input folder or a file of that name: resolve_dir says what is wrong
     return imaging.resolve_dir(directory or "", root, imaging.allowed_roots_from_env())
@@ -89,7 +86,8 @@ class SafeCutLoadImageBatch:
         return {"required": {
             "directory": ("STRING", {"default": "", "tooltip":
                           "Folder inside ComfyUI's input folder ('' = the input folder itself, 'shots/day1' = a "
-                          "sub-folder). Absolute paths only inside SAFECUT_ALLOWED_ROOTS; '..' is refused."}),
+                          f"sub-folder; '{INPUT_FOLDER}', the example workflows' folder, is created when missing). "
+                          "Absolute paths only inside SAFECUT_ALLOWED_ROOTS; '..' is refused."}),
             "pattern": ("STRING", {"default": "*", "tooltip":
                         "File-name glob, case-insensitive: '*', '*.png', 'shot_*'. Only png/jpg/jpeg/webp/bmp/"
                         "tif/tiff/gif files are read; hidden files are ignored."}),
@@ -112,7 +110,7 @@ class SafeCutLoadImageBatch:
             "uploads": ("STRING", {"default": "", "multiline": False, "tooltip":
                         "Images uploaded with a worker-comfyui request: names ('a.png, b.png') or a name "
                         "prefix ('req42_', or 'req42/' for a sub-folder). When set, these are loaded from the "
-                        "input folder instead of 'directory'/'pattern': names in the order given, prefixes in "
+                        "input folder itself instead of 'directory'/'pattern': names in the order given, prefixes in "
                         "natural order; start_index/limit still apply. A listed name that is missing counts as "
                         "a bad file."}),
         }}
