@@ -83,7 +83,7 @@ def install_llama() -> bool:
                 "'apt install build-essential') and run this script again.")
             return False
         say(f"compiling llama-cpp-python {LLAMA_VERSION} for the CPU (CMAKE_ARGS=\"{LLAMA_CMAKE_ARGS}\"). "
-            f"This takes several minutes (about 6 min on 2 cores); compiler steps are shown as they run.")
+            f"This takes several minutes (about 6 min on 2 idle cores); compiler steps are shown as they run.")
         env = dict(os.environ, CMAKE_ARGS=LLAMA_CMAKE_ARGS)
         env.setdefault("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
         try:
