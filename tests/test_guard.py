@@ -401,7 +401,7 @@ def test_model_loads_once_for_many_captions_and_handles(llm_dir):
 
 
 def test_gate_settles_undecided_captions_through_the_classifier(llm_dir):
-    caps = ["a red mug on a table", "a kitchen knife on a board", "an abstract shape"]
+    caps = ["a red mug on a table", "a kitchen knife on a board", "a quokka on a rock"]
     decisions = gate.KeywordGate().decide_all(caps)
     assert gate.undecided(decisions) == [1, 2]
     gate.settle(decisions, _clf(threshold=0.0).classify)
