@@ -281,3 +281,14 @@ def test_lazy_input_arrives_as_a_tuple_in_real_comfyui(pack):
 def test_malformed_nudenet_entry_counts_as_unsafe(pack, entry):
     out = _node(pack).run(captions=["a red mug", "a red cup"], nudenet=[[{"is_unsafe": False}, entry]], **_widgets())
     assert out["result"][0] == [SAFE, UNSAFE] and out["result"][1] == ["keywords", "nudenet"]
+
+
+def test_bench_gate_eval_reports_rates_and_time_saved():
+    from bench import gate_eval
+
+    res = gate_eval.evaluate(classifier_seconds=0.2)
+    review = res["policies"]["review"]
+    assert review["unsafe_settled_safe"] == 0 and res["policies"]["strict"]["unsafe_settled_safe"] == 0
+    assert review["classifier_calls_avoided"] > 100 and review["seconds_saved"] > 0
+    md = gate_eval.markdown(res)
+    assert "| product | safe |" in md and "passed in" in md
