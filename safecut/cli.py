@@ -96,6 +96,8 @@ def cmd_models(a) -> int:
                 rc = 1
         return rc
     if a.action == "verify":
+        from . import modellock
+
         rc = 0
         for kind in modelfiles.FOLDERS:
             for name in modelfiles.list_models(kind):
@@ -103,12 +105,17 @@ def cmd_models(a) -> int:
                 spec = REGISTRY.get(name)
                 try:
                     if spec:
-                        modelfiles.check_files(spec, path)
+                        modelfiles.check_files(spec, path)  # a first use: records unlocked files (TOFU)
+                    states = modellock.status(spec, path)
                     digest = modelfiles.sha256_file(path) if os.path.isfile(path) else "(directory)"
                     print(f"ok  {kind}/{name}  sha256={digest}")
+                    for f, state in states:
+                        print(f"      {state:10s} {f}")
                 except Exception as exc:
                     print(f"BAD {kind}/{name}: {exc}")
                     rc = 1
+        print("pinned: sha256 from the registry (published upstream); locked: recorded at the first download or "
+              "load (safecut-models.lock.json); unverified: not a registry file (nothing to check it against)")
         return rc
     if a.action == "quantize":
         from .quantize import quantize_ben2
