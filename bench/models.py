@@ -23,18 +23,16 @@ from __future__ import annotations
 import glob
 import json
 import os
-import subprocess
 import sys
-import tarfile
 import time
 
 import numpy as np
 
+from safecut.testkit.llama_vocab import llama_vocab  # shared with the tests
+
 LLAMA_QUANTS = ["Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M"]
 LLAMA_STEM = "bench-Llama-Guard-3-1B-dims"
 LLAMA_DIMS = dict(hidden=2048, layers=16, ffn=8192, heads=32, kv_heads=8, vocab=128256, ctx=8192)
-LCPP_VERSION = "0.3.36"
-VOCAB_MEMBER = "vendor/llama.cpp/models/ggml-vocab-llama-bpe.gguf"
 FLORENCE_NAME = "Florence-2-base-random"
 FLORENCE_VOCAB = 51289
 BEN2_NAME = "BEN2-synthetic.onnx"
@@ -97,48 +95,6 @@ def _load() -> float:
         return round(os.getloadavg()[0], 2)
     except OSError:
         return -1.0
-
-
-# ---- Llama-3 vocab ---------------------------------------------------------------------------------
-def _find_sdist() -> str | None:
-    env = os.environ.get("SAFECUT_LLAMA_SDIST")
-    if env and os.path.isfile(env):
-        return env
-    pattern = f"llama_cpp_python-{LCPP_VERSION}.tar.gz"
-    for hit in (glob.glob(os.path.join("/tmp/lcpp", pattern)) + glob.glob(os.path.join("/tmp", pattern))
-                + glob.glob(os.path.join(os.path.expanduser("~"), ".cache", "pip", "**", pattern), recursive=True)):
-        if os.path.isfile(hit):
-            return hit
-    return None
-
-
-def llama_vocab(root: str, log=print) -> str:
-    """Path of ggml-vocab-llama-bpe.gguf (real Llama-3 tokenizer), extracted from the llama-cpp-python sdist.
-    The sdist is found locally ($SAFECUT_LLAMA_SDIST, /tmp/lcpp, pip's cache) or fetched with pip download."""
-    out = os.path.join(root, "vocab", "ggml-vocab-llama-bpe.gguf")
-    if os.path.isfile(out):
-        return out
-    env = os.environ.get("SAFECUT_LLAMA_VOCAB")
-    if env and os.path.isfile(env):
-        return env
-    sdist = _find_sdist()
-    if sdist is None:
-        dest = os.path.join(root, "sdist")
-        os.makedirs(dest, exist_ok=True)
-        log(f"[build] pip download llama-cpp-python=={LCPP_VERSION} sdist (vocab only) ...")
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:",
-                        f"llama-cpp-python=={LCPP_VERSION}", "-d", dest], check=True,
-                       stdout=subprocess.DEVNULL)
-        sdist = glob.glob(os.path.join(dest, "llama_cpp_python-*.tar.gz"))[0]
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with tarfile.open(sdist, "r:gz") as tf:
-        member = next(m for m in tf.getmembers() if m.name.endswith(VOCAB_MEMBER))
-        src = tf.extractfile(member)
-        tmp = out + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(src.read())
-        os.replace(tmp, out)
-    return out
 
 
 # ---- Llama GGUF ------------------------------------------------------------------------------------

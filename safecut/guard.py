@@ -4,7 +4,9 @@ How a caption is judged
 * The prompt is split in three: a fixed *prefix* (instructions, categories, everything before the caption),
   the sanitized caption, and a short fixed *tail* (end of the turn + the assistant header). The prefix is
   evaluated once per loaded model and stays in the KV cache; for each caption the context is rewound to
-  the end of the prefix and only caption + tail are evaluated.
+  the end of the prefix and only caption + tail are evaluated. Llama Guard prompts are the official chat
+  template rendered with jinja2, token for token (see :mod:`safecut.guard_prompt`); the model's own first
+  output "\n\n" (it closes the assistant header) is evaluated before scoring.
 * The verdict comes from the next-token logits, Llama Guard's own scoring: P(unsafe) is the softmax mass
   of the first tokens of "unsafe"/" unsafe"/"Unsafe"… against that of "safe"/" safe"/"Safe"… . UNSAFE
   when P(unsafe) >= threshold.
@@ -40,7 +42,8 @@ from .guard_models import (  # noqa: F401  (re-exported: the classifier's public
     canonical_name, family_choices, family_from_name, present_quantizations, quant_from_name, resolve_model)
 from .guard_prompt import (  # noqa: F401
     DEFAULT_IMAGE_CATEGORIES, LLAMA_GUARD_CATEGORIES, MAX_CATEGORIES, MAX_REPORTED_CATEGORIES, PromptParts,
-    build_prompt, category_grammar, detect_style, parse_categories, sanitize_caption)
+    Tokenize, build_prompt, category_grammar, detect_style, fit_caption, is_guard_template, parse_categories,
+    render_guard, sanitize_caption, suffix_tokens)
 from .providers import DeviceChoice
 
 log = logging.getLogger("safecut.guard")
@@ -253,6 +256,10 @@ def answer_token_ids(llm) -> tuple[list[int], list[int]]:
     return [t for t in safe_ids if t not in shared], [t for t in unsafe_ids if t not in shared]
 
 
+def _tokenizer(llm) -> Tokenize:
+    return lambda text, special: llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+
+
 def _kv_truncate(llm, n: int) -> bool:
     """Drop KV cells from position ``n`` on. False when the model cannot remove a partial range."""
     llama_cpp = require("llama_cpp")
@@ -409,9 +416,9 @@ class SafetyClassifier:
         if prep is not None:
             return prep
         llm = rt.llm
-        parts = build_prompt(resolved.task, style, self.categories)
-        prefix = llm.tokenize(parts.prefix.encode("utf-8"), add_bos=True, special=True)
-        tail = llm.tokenize(parts.tail.encode("utf-8"), add_bos=False, special=True)
+        parts = self._parts(rt, resolved.task, style)
+        prefix = llm.tokenize(parts.prefix.encode("utf-8"), add_bos=not parts.prefix_has_bos, special=True)
+        tail = _tokenizer(llm)(parts.tail + parts.header_close, True)
         safe_ids, unsafe_ids = answer_token_ids(llm)
         if not safe_ids or not unsafe_ids:
             raise SafeCutError("this model's vocabulary cannot tell 'safe' from 'unsafe' by their first token")
@@ -424,6 +431,18 @@ class SafetyClassifier:
         prep = _Prepared(prefix, tail, safe_ids, unsafe_ids, forced, category_grammar(parts.codes), parts)
         rt.prepared[key] = prep
         return prep
+
+    def _parts(self, rt: LlamaRuntime, task: str, style: str) -> PromptParts:
+        """Llama Guard: the GGUF's own chat template when it is a Llama Guard one, else the packaged
+        official template (GGUFs of other families, or one whose template does not render)."""
+        own = str(rt.metadata.get("tokenizer.chat_template") or "")
+        if task == "guard" and is_guard_template(own):
+            try:
+                return build_prompt(task, style, self.categories, template=own)
+            except Exception as exc:
+                log.warning("SafeCut: the GGUF's Llama Guard chat template does not render (%s); using the "
+                            "packaged official template", exc)
+        return build_prompt(task, style, self.categories)
 
     def _ensure_prefix(self, rt: LlamaRuntime, prefix: list[int]) -> None:
         """Leave the context at exactly ``prefix``: reuse what the KV cache already holds of it and evaluate
@@ -455,12 +474,15 @@ class SafetyClassifier:
             text, truncated = sanitize_caption(caption, max_chars=4 * self.n_ctx)
             if not text:
                 return error_result("empty caption: nothing to classify (is the captioner connected?)")
-            cap = llm.tokenize((prep.parts.lead + text).encode("utf-8"), add_bos=False, special=False)
-            budget = self.n_ctx - len(prep.prefix) - len(prep.tail) - len(prep.forced) - MAX_CATEGORY_TOKENS - 1
-            if len(cap) > budget:
-                cap, truncated = cap[:budget], True
+            tokenize = _tokenizer(llm)
+            budget = self.n_ctx - len(prep.prefix) - len(prep.tail) - len(prep.forced) - MAX_CATEGORY_TOKENS - 2
+            text, n_cap, cut = fit_caption(tokenize, lambda ids: llm.detokenize(ids).decode("utf-8", "ignore"),
+                                           prep.parts, text, budget)
+            truncated = truncated or cut
+            suffix = suffix_tokens(tokenize, prep.parts, text)  # caption and tail tokenised together
+            if len(prep.prefix) + len(suffix) + len(prep.forced) + MAX_CATEGORY_TOKENS > self.n_ctx:
+                raise SafeCutError("the prompt does not fit n_ctx")  # cannot happen with the slack above
             self._ensure_prefix(rt, prep.prefix)
-            suffix = cap + prep.tail
             rt.kv_valid = False
             t0 = time.perf_counter()
             llm.eval(suffix)
@@ -472,10 +494,10 @@ class SafetyClassifier:
             if mass < self.min_answer_mass:  # unparseable: the model is not answering safe/unsafe
                 res = error_result(f"the model did not answer 'safe' or 'unsafe' (answer probability {mass:.2g} < "
                                    f"{self.min_answer_mass:g}); is the chat template right for this GGUF?")
-                res.answer_mass, res.caption_tokens, res.truncated = mass, len(cap), truncated
+                res.answer_mass, res.caption_tokens, res.truncated = mass, n_cap, truncated
                 return res
             verdict = UNSAFE if p >= self.threshold else SAFE
-            res = GuardResult(verdict, p, [], "classifier", None, 0.0, truncated, mass, len(cap))
+            res = GuardResult(verdict, p, [], "classifier", None, 0.0, truncated, mass, n_cap)
             if verdict == UNSAFE:
                 t0 = time.perf_counter()
                 res.categories = self._categories(rt, prep, prep.prefix + suffix)
