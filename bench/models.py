@@ -23,12 +23,13 @@ from __future__ import annotations
 import glob
 import json
 import os
+import subprocess
 import sys
 import time
 
 import numpy as np
 
-from safecut.testkit.llama_vocab import llama_vocab  # shared with the tests
+from safecut.testkit import llama_vocab as vocab_finder  # shared with the tests
 
 LLAMA_QUANTS = ["Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M"]
 LLAMA_STEM = "bench-Llama-Guard-3-1B-dims"
@@ -95,6 +96,17 @@ def _load() -> float:
         return round(os.getloadavg()[0], 2)
     except OSError:
         return -1.0
+
+
+def _llama_vocab(root: str, log=print) -> str:
+    """The real Llama-3 vocab (see safecut.testkit.llama_vocab); the sdist is pip-downloaded when missing."""
+    try:
+        return vocab_finder.llama_vocab(root, log)
+    except FileNotFoundError:
+        log(f"[build] pip download llama-cpp-python=={vocab_finder.LCPP_VERSION} sdist (vocab only) ...")
+        subprocess.run([sys.executable, *vocab_finder.pip_download_args(os.path.join(root, "sdist"))], check=True,
+                       stdout=subprocess.DEVNULL)
+        return vocab_finder.llama_vocab(root, log)
 
 
 # ---- Llama GGUF ------------------------------------------------------------------------------------
@@ -171,7 +183,7 @@ def build_llama(root: str, quants=LLAMA_QUANTS, log=print) -> dict:
     f16 = os.path.join(d, f"{LLAMA_STEM}-F16.gguf")
     need_f16 = any(not os.path.isfile(os.path.join(d, f"{LLAMA_STEM}-{q}.gguf")) for q in quants)
     if need_f16 or os.path.isfile(f16):
-        vocab = llama_vocab(root, log)
+        vocab = _llama_vocab(root, log)
         out["F16"] = _step(m, "llama-F16", f16, lambda: write_llama_f16(f16, vocab), log)
     for q in quants:
         dst = os.path.join(d, f"{LLAMA_STEM}-{q}.gguf")

@@ -4,15 +4,15 @@ tests and that the llama-cpp-python sdist vendors. Used to check that SafeCut's 
 token-for-token the official one, and to give the bench models a real vocabulary.
 
 Where it comes from, first hit wins: ``<root>/vocab/`` (default root: ``.cache/`` in the repository,
-gitignored), ``$SAFECUT_LLAMA_VOCAB``, an sdist already on disk (``$SAFECUT_LLAMA_SDIST``, ``.cache/``,
-``/tmp/lcpp``, ``/tmp``, pip's cache), else ``pip download`` of the sdist (77 MB, about a minute).
-``python -m safecut.testkit.llama_vocab`` fetches it (scripts/setup.sh does) and prints its path.
+gitignored), ``$SAFECUT_LLAMA_VOCAB``, an sdist already on disk (``$SAFECUT_LLAMA_SDIST``, ``<root>/sdist``,
+``.cache/``, ``/tmp/lcpp``, ``/tmp``, pip's cache). Shipped code never runs pip: the sdist (77 MB, about a
+minute) is fetched by scripts/setup.sh or the bench with :func:`pip_download_args`.
+``python -m safecut.testkit.llama_vocab`` extracts the vocab and prints its path (exit 1 when no sdist).
 """
 from __future__ import annotations
 
 import glob
 import os
-import subprocess
 import sys
 import tarfile
 
@@ -27,12 +27,19 @@ def repo_cache_dir() -> str:
     return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), ".cache")
 
 
-def find_sdist() -> str | None:
+def pip_download_args(dest: str) -> list[str]:
+    """Arguments after ``python`` that download the sdist into ``dest`` (run by setup.sh / the bench)."""
+    return ["-m", "pip", "download", "--no-deps", "--no-binary=:all:", f"llama-cpp-python=={LCPP_VERSION}",
+            "-d", dest]
+
+
+def find_sdist(root: str | None = None) -> str | None:
     env = os.environ.get("SAFECUT_LLAMA_SDIST")
     if env and os.path.isfile(env):
         return env
-    hits = [os.path.join(d, SDIST_NAME) for d in (repo_cache_dir(), os.path.join(repo_cache_dir(), "sdist"),
-                                                  "/tmp/lcpp", "/tmp")]
+    dirs = [os.path.join(root, "sdist")] if root else []
+    dirs += [repo_cache_dir(), os.path.join(repo_cache_dir(), "sdist"), "/tmp/lcpp", "/tmp"]
+    hits = [os.path.join(d, SDIST_NAME) for d in dirs]
     hits += glob.glob(os.path.join(os.path.expanduser("~"), ".cache", "pip", "**", SDIST_NAME), recursive=True)
     return next((h for h in hits if os.path.isfile(h)), None)
 
@@ -46,24 +53,18 @@ def find_vocab(root: str | None = None) -> str | None:
     return env if env and os.path.isfile(env) else None
 
 
-def llama_vocab(root: str | None = None, log=print, download: bool = True) -> str:
-    """Path of ggml-vocab-llama-bpe.gguf, extracted from the llama-cpp-python sdist into ``<root>/vocab``
-    (fetched with pip when ``download`` and no sdist is on disk). Raises FileNotFoundError otherwise."""
+def llama_vocab(root: str | None = None, log=print) -> str:
+    """Path of ggml-vocab-llama-bpe.gguf, extracted from the llama-cpp-python sdist into ``<root>/vocab``.
+    Raises FileNotFoundError (naming the command that fetches the sdist) when no sdist is on disk."""
     root = root or repo_cache_dir()
     found = find_vocab(root)
     if found:
         return found
-    sdist = find_sdist()
+    sdist = find_sdist(root)
     if sdist is None:
-        if not download:
-            raise FileNotFoundError(f"{VOCAB_NAME} is not in {os.path.join(root, 'vocab')} and no {SDIST_NAME} is "
-                                    f"on disk: run `python -m safecut.testkit.llama_vocab` (downloads 77 MB)")
-        dest = os.path.join(root, "sdist")
-        os.makedirs(dest, exist_ok=True)
-        log(f"[vocab] pip download llama-cpp-python=={LCPP_VERSION} sdist (vocab only, 77 MB) ...")
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:",
-                        f"llama-cpp-python=={LCPP_VERSION}", "-d", dest], check=True, stdout=subprocess.DEVNULL)
-        sdist = os.path.join(dest, SDIST_NAME)
+        raise FileNotFoundError(f"{VOCAB_NAME} is not in {os.path.join(root, 'vocab')} and no {SDIST_NAME} is on "
+                                f"disk: run scripts/setup.sh, or `python {' '.join(pip_download_args('.cache/sdist'))}`")
+    log(f"[vocab] extracting {VOCAB_NAME} from {sdist}")
     out = os.path.join(root, "vocab", VOCAB_NAME)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with tarfile.open(sdist, "r:gz") as tf:
@@ -77,4 +78,8 @@ def llama_vocab(root: str | None = None, log=print, download: bool = True) -> st
 
 
 if __name__ == "__main__":
-    print(llama_vocab())
+    try:
+        print(llama_vocab(log=lambda m: print(m, file=sys.stderr)))
+    except FileNotFoundError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(1)
