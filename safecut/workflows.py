@@ -40,17 +40,25 @@ class Graph:
     note: str
     nodes: list
     links: list            # (src_id, output_name, dst_id, input_name)
+    note_box: tuple = ((0, 440), (400, 640))   # the About note: pos, size
+
+
+# What a user sees on opening: the whole graph at a zoom where ComfyUI draws text (below ~0.6 it draws only
+# boxes and hides every text box, the note included). Laid out wide for a 1920x1080 window (canvas ~1856x1002
+# after the side bar and menu). Node heights leave room for the result box js/safecut.js adds after a run.
+VIEW_CANVAS = (1856, 1002)
+VIEW_MARGIN = 24
 
 
 # ---- the graphs -----------------------------------------------------------------------------------------
 def _fast(profile: str) -> Graph:
     p = PROFILE_VALUES[profile]
     nodes = [
-        N(1, "SafeCutLoadImageBatch", {"directory": "", "mode": "list"}, "Load images", (20, 0)),
+        N(1, "SafeCutLoadImageBatch", {"directory": "", "mode": "list"}, "Load images", (0, 0), (400, 380)),
         N(2, "SafeCutBEN2RemoveBackground", {"model": "BEN2_Base.onnx", "provider": p["provider"],
                                              "threads": p["threads"], "batch_size": p["batch_size"]},
-          "BEN2 cut-out", (420, 0)),
-        N(3, "SafeCutSaveCutout", {"filename_prefix": "safecut/cutout"}, "Save cut-outs", (820, 0)),
+          "BEN2 cut-out", (440, 0), (360, 380)),
+        N(3, "SafeCutSaveCutout", {"filename_prefix": "safecut/cutout"}, "Save cut-outs", (840, 0), (400, 640)),
     ]
     links = [(1, "image", 2, "image"), (2, "rgba", 3, "image"), (2, "mask", 3, "mask"), (1, "filenames", 3, "filenames")]
     return Graph(f"safecut_{profile}_fast", f"SafeCut {profile.upper()} fast: cut-outs only", NOTE_FAST, nodes, links)
@@ -60,21 +68,23 @@ def _full(profile: str) -> Graph:
     p = PROFILE_VALUES[profile]
     gpu = profile == "gpu"
     nodes = [
-        N(1, "SafeCutLoadImageBatch", {"directory": "", "mode": "list"}, "Load images", (20, 0)),
+        N(1, "SafeCutLoadImageBatch", {"directory": "", "mode": "list"}, "Load images", (0, 0), (400, 380)),
         N(2, "SafeCutBEN2RemoveBackground", {"model": "BEN2_Base.onnx", "provider": p["provider"],
                                              "threads": p["threads"], "batch_size": p["batch_size"]},
-          "BEN2 cut-out", (420, 0)),
+          "BEN2 cut-out", (440, 0), (360, 380)),
         N(3, "SafeCutFlorence2Caption", {"model": "Florence-2-large-ft" if gpu else "Florence-2-base-ft",
                                          "device": p["device"], "precision": p["precision"],
-                                         "batch_size": p["batch_size"]}, "Florence-2 caption", (420, 520)),
-        N(4, "SafeCutNudeNetDetector", {"device": p["device"], "threads": p["threads"]}, "NudeNet", (420, 1040)),
+                                         "batch_size": p["batch_size"]}, "Florence-2 caption", (440, 440),
+          (360, 420)),
+        N(4, "SafeCutNudeNetDetector", {"device": p["device"], "threads": p["threads"]}, "NudeNet", (840, 0),
+          (360, 460)),
         N(5, "SafeCutLlamaSafetyClassifier", {"model_family": "Llama-Guard-3-1B",
                                               "quantization": "Q8_0" if gpu else "Q4_K_M",
                                               "n_gpu_layers": p["n_gpu_layers"], "threads": p["threads"]},
-          "Llama safety (runs only if needed)", (840, 1040)),
-        N(6, "SafeCutKeywordGate", {"policy": "review"}, "Keyword gate", (840, 0), (400, 900)),
+          "Llama safety (runs only if needed)", (840, 520), (360, 500)),
+        N(6, "SafeCutKeywordGate", {"policy": "review"}, "Keyword gate", (1240, 0), (420, 1020)),
         N(7, "SafeCutSaveCutout", {"filename_prefix": "safecut/cutout", "save_unsafe": False},
-          "Save cut-outs + verdicts", (1300, 0)),
+          "Save cut-outs + verdicts", (1700, 0), (400, 640)),
     ]
     links = [(1, "image", 2, "image"), (1, "image", 3, "image"), (1, "image", 4, "image"),
              (3, "caption", 6, "captions"), (4, "nudenet", 6, "nudenet"), (5, "classifier", 6, "classifier"),
@@ -166,12 +176,24 @@ def to_ui(g: Graph, ct: dict | None = None) -> dict:
             "widgets_values": _widget_values(ct, n),
         })
     note_id = max(by_id) + 1
-    nodes.append({"id": note_id, "type": "MarkdownNote", "pos": [20, 520], "size": [380, 460], "flags": {},
+    (nx, ny), (nw, nh) = g.note_box
+    nodes.append({"id": note_id, "type": "MarkdownNote", "pos": [nx, ny], "size": [nw, nh], "flags": {},
                   "order": len(nodes), "mode": 0, "inputs": [], "outputs": [], "title": "About this workflow",
                   "properties": {}, "widgets_values": [g.note]})
     return {"id": _uuid(g.name), "revision": 0, "last_node_id": note_id, "last_link_id": len(links),
             "nodes": nodes, "links": links, "groups": [], "config": {},
-            "extra": {"safecut": {"workflow": g.name}}, "version": 0.4}
+            "extra": {"safecut": {"workflow": g.name}, "ds": _view(g)}, "version": 0.4}
+
+
+def _view(g: Graph) -> dict:
+    """extra.ds: the zoom and offset the frontend opens the workflow with (the whole graph, top-left aligned)."""
+    title = 30  # node title bar, drawn above pos
+    boxes = [(n.pos, n.size) for n in g.nodes] + [g.note_box]
+    x0, y0 = min(p[0] for p, _ in boxes), min(p[1] for p, _ in boxes) - title
+    x1, y1 = max(p[0] + s[0] for p, s in boxes), max(p[1] + s[1] for p, s in boxes)
+    (cw, ch), m = VIEW_CANVAS, VIEW_MARGIN
+    scale = round(min(1.0, (cw - 2 * m) / (x1 - x0), (ch - 2 * m) / (y1 - y0)), 3)
+    return {"scale": scale, "offset": [round(m / scale - x0, 1), round(m / scale - y0, 1)]}
 
 
 def _uuid(name: str) -> str:

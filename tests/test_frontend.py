@@ -170,7 +170,8 @@ def test_example_workflow_runs_in_the_browser(browser_tools, comfy, shots, workf
 
     # runs: queued through the frontend, finished successfully, the result box never reaches the prompt
     run = rep["run"]
-    assert run["queued"] is not False
+    # app.queuePrompt's return value is no success flag (frontend 1.27: false on a clean run): the server's answer
+    assert run["queued"] and run["queued"]["prompt_id"] and run["queued"]["node_errors"] == [], run["queued"]
     assert run["status"] == "success", f"{run}\nComfyUI log:\n{comfy.log_tail()}"
     assert run["leaked_into_prompt"] == [], "the safecut_result widget was sent to the server as an input"
 
@@ -191,8 +192,31 @@ def test_example_workflow_runs_in_the_browser(browser_tools, comfy, shots, workf
         assert r["bgcolor"], "the gate's verdict colour was not applied"
     if "full" in name:
         assert gates, f"{name} has no Keyword Gate"
+    for r in gates:  # per image: verdict, decided_by, P(unsafe) when the classifier decided
+        rows = [l for l in r["result"].splitlines() if l.startswith("#")]
+        assert len(rows) == 2 and all(" by " in l for l in rows), r["result"]
+        assert all("P(unsafe)" in l for l in rows if "by classifier" in l), r["result"]
+    for r in by_type(results, "SafeCutLlamaSafetyClassifier"):  # shows what it did (or that it was not needed)
+        if any("by classifier" in g["result"] for g in gates):
+            assert "caption(s) from the gate" in r["result"] and "P(unsafe)" in r["result"], r["result"]
+            assert "device: CPU" in r["result"] and "time:" in r["result"], r["result"]
+        else:
+            assert "not needed" in r["result"], r["result"]
     for r in by_type(results, "SafeCutSaveCutout"):
         assert r["result"] and r["result"].startswith("saved "), r
+        # the node previews the cut-outs it saved (not the JSON report it also lists in ui.images)
+        assert r["previews"] >= 1 and all(".png" in s for s in r["preview_srcs"]), r["preview_srcs"]
+
+    # nodes keep their size: never below what they had or what their widgets need; keyword lists keep lines
+    before = {nid: (h, mh) for nid, h, mh in run["heights_before"]}
+    for r in results:
+        if r["id"] in before:
+            assert r["size"][1] >= before[r["id"]][0] - 1, f"node {r['id']} {r['type']} shrank: {before[r['id']]} -> {r['size']}"
+        assert r["size"][1] >= r["min_height"] - 1, f"node {r['id']} {r['type']} is smaller than its widgets"
+        for m in r["multiline"]:
+            assert m["height"] >= 45, f"node {r['id']} {r['type']}: '{m['name']}' shows under 3 lines ({m})"
+        if r["result"] and "device:" in r["result"]:  # device and time sit above the scrolling text
+            assert r["head_visible"] and "device:" in r["head_text"], r
 
     # what is shown is really on the page, and is never saved into the workflow's widgets_values
     loaded_counts = {n["id"]: n["widgets_values"] for n in rep["nodes"]}
@@ -208,6 +232,19 @@ def test_example_workflow_runs_in_the_browser(browser_tools, comfy, shots, workf
     assert not problems, problems
     for p in rep["screenshots"]:
         assert os.path.getsize(p) > 10_000, p
+
+
+@pytest.mark.parametrize("name", [Path(p).stem for p in EXAMPLES])
+def test_example_workflow_opens_readable(name):
+    """The workflow opens at a zoom where text is drawn (the frontend hides DOM text below ~0.6), with every
+    node on screen (1920x1200) and the About note's text visible."""
+    rep = _RUNS.get(name)
+    if not rep:
+        pytest.skip(f"{name} was not run in the browser in this session")
+    opened = rep["opened"]
+    assert opened["scale"] >= 0.6, f"{name} opens at {opened['scale']:.0%} zoom"
+    assert opened["outside"] == [], f"{name}: nodes outside the view when it opens: {opened['outside']}"
+    assert opened["note_visible"] and "SafeCut" in (opened["note_text"] or ""), opened
 
 
 def test_missing_node_type_is_detected(browser_tools, comfy, shots, tmp_path):
