@@ -80,9 +80,11 @@ function verdictColor(ui) {
   return COLORS.MIXED;
 }
 
-function boxHeight(body) {
-  const lines = Math.min(Math.max(body.split("\n").length, 2), MAX_LINES);
-  return 22 + 8 + LINE_PX * lines;
+// Header + up to MAX_LINES wrapped lines of body (12px monospace: ~7.3 px per character); more scrolls.
+function boxHeight(body, width) {
+  const perLine = Math.max(20, Math.floor((width - 40) / 7.3));
+  const lines = body.split("\n").reduce((n, l) => n + Math.max(1, Math.ceil(l.length / perLine)), 0);
+  return 26 + 14 + LINE_PX * Math.min(Math.max(lines, 2), MAX_LINES);
 }
 
 // The read-only result box: a fixed header (device, time) over a scrolling multi-line text. A DOM widget (a
@@ -106,9 +108,8 @@ function resultWidget(node) {
   body.className = "comfy-multiline-input safecut-body";
   body.readOnly = true;
   body.spellcheck = false;
-  body.wrap = "off";
   body.style.cssText = `flex:1;min-height:0;resize:none;font:12px monospace;line-height:${LINE_PX}px;` +
-    "overflow:auto;white-space:pre;opacity:0.92;";
+    "overflow-y:auto;white-space:pre-wrap;word-break:break-word;opacity:0.92;";
   el.append(head, body);
   let text = "";
   w = node.addDOMWidget(WIDGET, "safecut_result", el, {
@@ -136,9 +137,8 @@ function showResult(node, ui) {
   node.safecutResult = text;
   if (!text) return;
   const before = [node.size[0], node.size[1]];
-  const oldBox = node.safecutBoxH || 0;
   const w = resultWidget(node);
-  node.safecutBoxH = boxHeight(body);
+  node.safecutBoxH = boxHeight(body, Math.max(before[0], 320));
   w.value = text;
   if (w.safecutHead) {
     w.safecutHead.textContent = header || " ";
@@ -146,10 +146,10 @@ function showResult(node, ui) {
   }
   const color = verdictColor(ui);
   if (color) node.bgcolor = color;
-  // Never shrink below what the node had (its keyword lists keep their lines): grow by the box instead.
+  // Never shrink (the gate's keyword lists keep their lines); grow only when the widgets need more room
+  // (the shipped workflows leave room for the box, so their nodes keep their size and do not overlap).
   const min = node.computeSize();
-  const grow = oldBox ? node.safecutBoxH - oldBox : node.safecutBoxH + 10;
-  node.setSize([Math.max(before[0], min[0], 320), Math.max(before[1] + grow, min[1])]);
+  node.setSize([Math.max(before[0], min[0], 320), Math.max(before[1], min[1])]);
   node.setDirtyCanvas(true, true);
 }
 

@@ -101,7 +101,9 @@ class SafeCutKeywordGate:
         rows = [_row(i, names, d) for i, d in enumerate(decisions)]
         extra = {}
         if asked_classifier:  # the Llama model ran here (lazy path): say on which device, never silently
-            extra["device"] = handle.device_description() if hasattr(handle, "device_description") else "unknown"
+            loaded = getattr(handle, "device", None) is not None or not hasattr(handle, "device_description")
+            extra["device"] = (handle.device_description() if hasattr(handle, "device_description") else "unknown") \
+                if loaded else "none (the classifier failed before loading its model)"
             text += f"; classifier on {extra['device']}"
             # what the Llama node shows on the canvas (it hands out the classifier; the captions come here)
             extra["classifier"] = {"device": extra["device"], "seconds": round(t_cls, 3),
