@@ -36,7 +36,8 @@ pytestmark = [pytest.mark.comfyui, pytest.mark.skipif(H.skip_reason() is not Non
 EXAMPLES = sorted(glob.glob(str(H.ROOT / "example_workflows" / "*.json")))
 DRIVER = H.ROOT / "tests" / "frontend" / "drive_workflow.js"
 DRIVE_TIMEOUT_S = int(H.PROMPT_TIMEOUT_S)
-RESULT_NODES = ("SafeCutBEN2RemoveBackground", "SafeCutKeywordGate")  # close-up screenshots of these
+RESULT_NODES = ("SafeCutBEN2RemoveBackground", "SafeCutKeywordGate", "SafeCutLlamaSafetyClassifier",
+                "SafeCutSaveCutout")  # close-up screenshots of these
 _RUNS: dict[str, dict] = {}  # workflow name -> driver report (for the layout check)
 
 
@@ -208,7 +209,8 @@ def test_example_workflow_runs_in_the_browser(browser_tools, comfy, shots, workf
     for r in by_type(results, "SafeCutSaveCutout"):
         assert r["result"] and r["result"].startswith("saved "), r
         # the node previews the cut-outs it saved (not the JSON report it also lists in ui.images)
-        assert r["previews"] >= 1 and all(".png" in s for s in r["preview_srcs"]), r["preview_srcs"]
+        saved = int(r["result"].split()[1])
+        assert r["previews"] == saved and all(".png" in s for s in r["preview_srcs"]), r["preview_srcs"]
 
     # nodes keep their size: never below what they had or what their widgets need; keyword lists keep lines
     before = {nid: (h, mh) for nid, h, mh in run["heights_before"]}

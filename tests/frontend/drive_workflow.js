@@ -208,9 +208,10 @@ async function nodeClip(page, nodeId) {
         const app = window.app;
         const node = app.graph._nodes.find((n) => String(n.id) === String(id));
         const ds = app.canvas.ds;
-        ds.scale = 1.25;
-        ds.offset[0] = -node.pos[0] + 60;
-        ds.offset[1] = -node.pos[1] + 160;
+        const rect = app.canvas.canvas.getBoundingClientRect();
+        ds.scale = Math.min(1.25, (rect.height - 80) / (node.size[1] + 40));  // the whole node in the shot
+        ds.offset[0] = -node.pos[0] + 60 / ds.scale;
+        ds.offset[1] = -node.pos[1] + 60 / ds.scale;
         app.canvas.setDirty(true, true);
         app.canvas.draw(true, true);
       }, r.id);
