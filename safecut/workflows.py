@@ -103,6 +103,8 @@ Cuts the subject out of every image in ComfyUI's **input** folder and saves RGBA
   `python -m safecut models fetch BEN2_Base.onnx` fetches it by hand).
 * The BEN2 node shows the device it really used. Switch to GPU with
   `python -m safecut workflow to-gpu this.json gpu.json`.
+* BEN2's *batch_size* counts when the loader's *mode* is `batch` (one tensor); in `list` mode every image keeps
+  its own size and is cut out on its own.
 """
 
 NOTE_FULL_CPU = """# SafeCut — CPU full (cut-out + caption + verdict)
@@ -114,11 +116,15 @@ Load → **BEN2** cut-out → **Florence-2** caption (fp32 on CPU) → **Keyword
 * NudeNet's bundled 320n weights are **AGPL-3.0** (NudeNet's code is MIT).
 * Unsafe images are not saved (*save_unsafe* off) but are listed in the report.
 * Models: `python -m safecut models fetch --profile cpu-full`.
+* **What batch does**: Florence-2 gets the whole list in one run and captions *batch_size* images per
+  generate call (×1.19 per image at 8 on 2 CPU cores; more on a GPU). NudeNet runs one image at a time:
+  batching it measured no faster on CPU. BEN2's *batch_size* counts only in the loader's `batch` mode.
 """
 
 NOTE_FULL_GPU = """# SafeCut — GPU full
 Same graph as *CPU full* on CUDA: BEN2 with the CUDA provider, Florence-2 large in fp16, Llama Guard with all
-layers on the GPU (needs a CUDA build of llama-cpp-python), larger batches.
+layers on the GPU (needs a CUDA build of llama-cpp-python), larger batches (Florence-2 captions the
+whole list *batch_size* = 8 images per generate call).
 Every model node reports the device it actually used; without a usable GPU it says so and runs on CPU.
 Models: `python -m safecut models fetch --profile gpu-full`.
 """
