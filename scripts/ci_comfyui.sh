@@ -17,9 +17,10 @@ WORK=${SAFECUT_CI_WORK:-${TMPDIR:-/tmp}/safecut-ci}
 COMFY=$WORK/ComfyUI
 PY=$COMFY/.venv/bin/python
 LLAMA_VERSION=0.3.36            # keep in step with scripts/setup.sh
-PLAYWRIGHT_VERSION=1.56.1
+PLAYWRIGHT_VERSION=1.65.1      # drives Debian's chromium 150
 log() { echo "[ci_comfyui $(date +%H:%M:%S)] $*" >&2; }
-pip() { "$PY" -m pip "$@" >&2; }
+# pip's notes about the machine's extra local indexes ("WARNING: Location ... is ignored") are noise here
+pip() { "$PY" -m pip "$@" 2>&1 | { grep -v '^WARNING: Location' || true; } >&2; }
 
 [ -f "$SHARED/comfyui/main.py" ] || { echo "no ComfyUI at $SHARED/comfyui (set SAFECUT_SHARED)" >&2; exit 1; }
 mkdir -p "$WORK"
@@ -34,11 +35,12 @@ pip install -q --upgrade pip
 pip install -q "torch==2.14.1" "torchvision==0.29.1"
 grep -v -E '^(torch|torchvision|torchaudio)([^a-z_-]|$)' "$COMFY/requirements.txt" > "$WORK/comfyui-requirements.txt"
 pip install -q -r "$WORK/comfyui-requirements.txt" requests
-if [ -n "${SAFECUT_FRONTEND_VERSION:-}" ]; then   # e.g. "latest" or 1.30.2: the newest frontend on PyPI
-  log "frontend: comfyui-frontend-package ${SAFECUT_FRONTEND_VERSION}"
-  if [ "$SAFECUT_FRONTEND_VERSION" = latest ]; then pip install -q -U comfyui-frontend-package
-  else pip install -q "comfyui-frontend-package==$SAFECUT_FRONTEND_VERSION"; fi
-fi
+# The newest frontend on PyPI as well, in a folder of its own: the browser test runs once more against it
+# (COMFYUI_FRONTEND_ROOT -> --front-end-root); ComfyUI's own pinned frontend stays installed.
+log "newest comfyui-frontend-package (for a second browser run)"
+rm -rf "$WORK/frontend-latest"
+pip install -q --no-deps --target "$WORK/frontend-latest" -U comfyui-frontend-package
+log "newest frontend: $(cd "$WORK/frontend-latest" && ls -d comfyui_frontend_package-*.dist-info)"
 
 log "SafeCut the ComfyUI-Manager way: requirements.txt, then install.py"
 pip install -q -r requirements.txt
@@ -68,4 +70,5 @@ export COMFYUI_PYTHON='$PY'
 export WORKER_COMFYUI_DIR='$SHARED/worker-comfyui'
 export CHROMIUM='$CHROMIUM'
 export PLAYWRIGHT_CORE_DIR='$WORK/pw/node_modules'
+export SAFECUT_FRONTEND_LATEST='$WORK/frontend-latest/comfyui_frontend_package/static'
 ENV
