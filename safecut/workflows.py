@@ -46,8 +46,9 @@ class Graph:
 # What a user sees on opening: the whole graph at a zoom where ComfyUI draws text (below ~0.6 it draws only
 # boxes and hides every text box, the note included). Laid out wide for a 1920x1080 window (canvas ~1856x1002
 # after the side bar and menu). Node heights leave room for the result box js/safecut.js adds after a run.
+# Newer frontends draw the canvas under the side bar and the top bar: leave them room (left, top, right, bottom).
 VIEW_CANVAS = (1856, 1002)
-VIEW_MARGIN = 24
+VIEW_MARGIN = (64, 90, 24, 24)
 
 
 # ---- the graphs -----------------------------------------------------------------------------------------
@@ -197,9 +198,9 @@ def _view(g: Graph) -> dict:
     boxes = [(n.pos, n.size) for n in g.nodes] + [g.note_box]
     x0, y0 = min(p[0] for p, _ in boxes), min(p[1] for p, _ in boxes) - title
     x1, y1 = max(p[0] + s[0] for p, s in boxes), max(p[1] + s[1] for p, s in boxes)
-    (cw, ch), m = VIEW_CANVAS, VIEW_MARGIN
-    scale = round(min(1.0, (cw - 2 * m) / (x1 - x0), (ch - 2 * m) / (y1 - y0)), 3)
-    return {"scale": scale, "offset": [round(m / scale - x0, 1), round(m / scale - y0, 1)]}
+    (cw, ch), (left, top, right, bottom) = VIEW_CANVAS, VIEW_MARGIN
+    scale = round(min(1.0, (cw - left - right) / (x1 - x0), (ch - top - bottom) / (y1 - y0)), 3)
+    return {"scale": scale, "offset": [round(left / scale - x0, 1), round(top / scale - y0, 1)]}
 
 
 def _uuid(name: str) -> str:

@@ -80,7 +80,9 @@ async function nodeClip(page, nodeId) {
       await app.loadGraphData(wf);
       await new Promise((r) => setTimeout(r, 1500)); // the missing-nodes notice is shown asynchronously
       // the missing-nodes dialog: its heading AND its list of node types (the whole dialog's text)
-      const dialogs = [...document.querySelectorAll(".p-dialog, [role=dialog]")].map((d) => d.innerText || "");
+      // (frontend 1.27: a dialog; newer ones: a toast naming the node type)
+      const sel = ".p-dialog, [role=dialog], [role=alertdialog], .p-toast-message, [role=alert], [role=status]";
+      const dialogs = [...document.querySelectorAll(sel)].map((d) => d.innerText || "");
       const notice = dialogs.find((t) => /missing/i.test(t)) || null;
       const set = [];
       for (const node of app.graph._nodes) {
@@ -180,11 +182,17 @@ async function nodeClip(page, nodeId) {
         const domText = head ? [head.textContent.trim(), body.value].filter(Boolean).join("\n")
           : (el ? el.value : null);
         const sn = saved.nodes.find((x) => String(x.id) === String(n.id));
+        // image previews: drawn on the canvas from node.imgs (1.27), DOM <img> elements in newer frontends
+        let srcs = (n.imgs || []).map((i) => i.src || "");
+        if (!srcs.length && n.type === "SafeCutSaveCutout") {
+          srcs = [...document.images].filter((i) => /\/view\?/.test(i.src) && i.getBoundingClientRect().width > 4)
+            .map((i) => i.src);
+        }
         return { id: String(n.id), type: n.type, title: n.title, result: n.safecutResult ?? null,
                  widget_value: w ? w.value : null, dom_visible: shown(body || el), head_visible: shown(head),
                  head_text: head ? head.textContent : null, dom_text: domText,
                  min_height: n.computeSize()[1], multiline,
-                 previews: (n.imgs || []).length, preview_srcs: (n.imgs || []).map((i) => i.src || ""),
+                 previews: srcs.length, preview_srcs: srcs,
                  saved_widgets_values: sn && sn.widgets_values ? sn.widgets_values.length : null,
                  bgcolor: n.bgcolor || null, pos: [n.pos[0], n.pos[1]], size: [n.size[0], n.size[1]] };
       });
