@@ -103,7 +103,7 @@ class SafeCutKeywordGate:
         if asked_classifier:  # the Llama model ran here (lazy path): say on which device, never silently
             loaded = getattr(handle, "device", None) is not None or not hasattr(handle, "device_description")
             extra["device"] = (handle.device_description() if hasattr(handle, "device_description") else "unknown") \
-                if loaded else "none (model not loaded)"
+                if loaded else "none (not loaded)"
             text += f"; classifier on {extra['device']}"
             # what the Llama node shows on the canvas (it hands out the classifier; the captions come here)
             extra["classifier"] = {"device": extra["device"], "seconds": round(t_cls, 3),
