@@ -168,14 +168,6 @@ function showClassifierResults(gate, ui) {
   }
 }
 
-// Save Cutout lists its JSON report in ui.images too (worker-comfyui returns only ui.images files): preview only
-// the PNGs it saved.
-function keepImagePreviews(node, message) {
-  const images = (message.images || []).filter((i) => /\.(png|jpe?g|webp)$/i.test(i.filename || ""));
-  message.images = images;
-  return message;
-}
-
 app.registerExtension({
   name: "SafeCut.results",
   async beforeRegisterNodeDef(nodeType, nodeData) {
