@@ -159,6 +159,13 @@ async function nodeClip(page, nodeId) {
     }, cfg.timeout_ms);
     report.run = run;
     mark("run_finished_s");
+    // image previews load asynchronously: give Save Cutout's up to 15 s (slow shared CI machines)
+    await page.waitForFunction(() => window.app.graph._nodes.filter((n) => n.type === "SafeCutSaveCutout")
+      .every((n) => {
+        const saved = Number(((n.safecutResult || "").match(/^saved (\d+)/) || [0, 0])[1]);
+        const dom = [...document.images].filter((i) => /\/view\?/.test(i.src) && i.complete).length;
+        return saved === 0 || (n.imgs || []).length >= saved || dom >= saved;
+      }), null, { timeout: 15000 }).catch(() => {});
 
     report.results = await page.evaluate(() => {
       const app = window.app;
