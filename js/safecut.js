@@ -82,9 +82,9 @@ function verdictColor(ui) {
 
 // Header + up to MAX_LINES wrapped lines of body (12px monospace: ~7.3 px per character); more scrolls.
 function boxHeight(body, width) {
-  const perLine = Math.max(20, Math.floor((width - 40) / 7.3));
+  const perLine = Math.max(20, Math.floor((width - 50) / 7.3));
   const lines = body.split("\n").reduce((n, l) => n + Math.max(1, Math.ceil(l.length / perLine)), 0);
-  return 26 + 14 + LINE_PX * Math.min(Math.max(lines, 2), MAX_LINES);
+  return 26 + 34 + LINE_PX * Math.min(Math.max(lines, 2), MAX_LINES);  // head, paddings, widget margins
 }
 
 // The read-only result box: a fixed header (device, time) over a scrolling multi-line text. A DOM widget (a
