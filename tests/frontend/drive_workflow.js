@@ -159,12 +159,24 @@ async function nodeClip(page, nodeId) {
     }, cfg.timeout_ms);
     report.run = run;
     mark("run_finished_s");
-    // image previews load asynchronously: give Save Cutout's up to 15 s (slow shared CI machines)
+    // A node's image previews: node.imgs (drawn on the canvas), else the frontend's preview store (newer
+    // frontends), else DOM <img> elements of /view URLs. They load asynchronously: give Save Cutout's up to 15 s.
+    await page.evaluate(() => {
+      window.__safecutPreviews = (n) => {
+        const app = window.app;
+        let srcs = (n.imgs || []).map((i) => i.src || "");
+        const store = app.nodePreviewImages && app.nodePreviewImages[String(n.id)];
+        if (!srcs.length && Array.isArray(store)) srcs = store.map(String);
+        if (!srcs.length && n.type === "SafeCutSaveCutout") {
+          srcs = [...document.images].filter((i) => /\/view\?/.test(i.src) && i.complete).map((i) => i.src);
+        }
+        return srcs;
+      };
+    });
     await page.waitForFunction(() => window.app.graph._nodes.filter((n) => n.type === "SafeCutSaveCutout")
       .every((n) => {
         const saved = Number(((n.safecutResult || "").match(/^saved (\d+)/) || [0, 0])[1]);
-        const dom = [...document.images].filter((i) => /\/view\?/.test(i.src) && i.complete).length;
-        return saved === 0 || (n.imgs || []).length >= saved || dom >= saved;
+        return window.__safecutPreviews(n).length >= saved;
       }), null, { timeout: 15000 }).catch(() => {});
 
     report.results = await page.evaluate(() => {
@@ -189,12 +201,7 @@ async function nodeClip(page, nodeId) {
         const domText = head ? [head.textContent.trim(), body.value].filter(Boolean).join("\n")
           : (el ? el.value : null);
         const sn = saved.nodes.find((x) => String(x.id) === String(n.id));
-        // image previews: drawn on the canvas from node.imgs (1.27), DOM <img> elements in newer frontends
-        let srcs = (n.imgs || []).map((i) => i.src || "");
-        if (!srcs.length && n.type === "SafeCutSaveCutout") {
-          srcs = [...document.images].filter((i) => /\/view\?/.test(i.src) && i.getBoundingClientRect().width > 4)
-            .map((i) => i.src);
-        }
+        const srcs = window.__safecutPreviews(n);
         return { id: String(n.id), type: n.type, title: n.title, result: n.safecutResult ?? null,
                  widget_value: w ? w.value : null, dom_visible: shown(body || el), head_visible: shown(head),
                  head_text: head ? head.textContent : null, dom_text: domText,
