@@ -40,7 +40,7 @@ class Graph:
     note: str
     nodes: list
     links: list            # (src_id, output_name, dst_id, input_name)
-    note_box: tuple = ((0, 440), (400, 640))   # the About note: pos, size
+    note_box: tuple = ((0, 540), (400, 540))   # the About note: pos, size
 
 
 # What a user sees on opening: the whole graph at a zoom where ComfyUI draws text (below ~0.6 it draws only
@@ -55,10 +55,10 @@ VIEW_MARGIN = (64, 90, 24, 24)
 def _fast(profile: str) -> Graph:
     p = PROFILE_VALUES[profile]
     nodes = [
-        N(1, "SafeCutLoadImageBatch", {"directory": "", "mode": "list"}, "Load images", (0, 0), (400, 380)),
+        N(1, "SafeCutLoadImageBatch", {"directory": "", "mode": "list"}, "Load images", (0, 0), (400, 480)),
         N(2, "SafeCutBEN2RemoveBackground", {"model": "BEN2_Base.onnx", "provider": p["provider"],
                                              "threads": p["threads"], "batch_size": p["batch_size"]},
-          "BEN2 cut-out", (440, 0), (360, 380)),
+          "BEN2 cut-out", (440, 0), (360, 480)),
         N(3, "SafeCutSaveCutout", {"filename_prefix": "safecut/cutout"}, "Save cut-outs", (840, 0), (400, 640)),
     ]
     links = [(1, "image", 2, "image"), (2, "rgba", 3, "image"), (2, "mask", 3, "mask"), (1, "filenames", 3, "filenames")]
@@ -69,21 +69,21 @@ def _full(profile: str) -> Graph:
     p = PROFILE_VALUES[profile]
     gpu = profile == "gpu"
     nodes = [
-        N(1, "SafeCutLoadImageBatch", {"directory": "", "mode": "list"}, "Load images", (0, 0), (400, 380)),
+        N(1, "SafeCutLoadImageBatch", {"directory": "", "mode": "list"}, "Load images", (0, 0), (400, 480)),
         N(2, "SafeCutBEN2RemoveBackground", {"model": "BEN2_Base.onnx", "provider": p["provider"],
                                              "threads": p["threads"], "batch_size": p["batch_size"]},
-          "BEN2 cut-out", (440, 0), (360, 380)),
+          "BEN2 cut-out", (440, 0), (360, 480)),
         N(3, "SafeCutFlorence2Caption", {"model": "Florence-2-large-ft" if gpu else "Florence-2-base-ft",
                                          "device": p["device"], "precision": p["precision"],
-                                         "batch_size": p["batch_size"]}, "Florence-2 caption", (440, 440),
-          (360, 420)),
-        N(4, "SafeCutNudeNetDetector", {"device": p["device"], "threads": p["threads"]}, "NudeNet", (840, 0),
+                                         "batch_size": p["batch_size"]}, "Florence-2 caption", (440, 540),
           (360, 460)),
+        N(4, "SafeCutNudeNetDetector", {"device": p["device"], "threads": p["threads"]}, "NudeNet", (840, 0),
+          (360, 520)),
         N(5, "SafeCutLlamaSafetyClassifier", {"model_family": "Llama-Guard-3-1B",
                                               "quantization": "Q8_0" if gpu else "Q4_K_M",
                                               "n_gpu_layers": p["n_gpu_layers"], "threads": p["threads"]},
-          "Llama safety (runs only if needed)", (840, 520), (360, 500)),
-        N(6, "SafeCutKeywordGate", {"policy": "review"}, "Keyword gate", (1240, 0), (420, 1020)),
+          "Llama safety (runs only if needed)", (840, 580), (360, 500)),
+        N(6, "SafeCutKeywordGate", {"policy": "review"}, "Keyword gate", (1240, 0), (420, 1050)),
         N(7, "SafeCutSaveCutout", {"filename_prefix": "safecut/cutout", "save_unsafe": False},
           "Save cut-outs + verdicts", (1700, 0), (400, 640)),
     ]
