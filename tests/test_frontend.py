@@ -12,9 +12,11 @@ package playwright-core (``$PLAYWRIGHT_CORE_DIR`` = the package folder or the no
 For every example workflow (example_workflows/*.json, UI format) the driver (tests/frontend/drive_workflow.js)
 loads it with ``app.loadGraphData``, checks that the frontend knows every node type (no missing-nodes notice),
 points the model widgets at the tiny test models and the loader at its own input folder, queues it with
-``app.queuePrompt`` (what the Run button does), waits for the run to finish and reads the result text that
-js/safecut.js puts on the nodes. Screenshots go to a temporary folder (printed) and, when set, are copied to
-``$SAFECUT_SCREENSHOT_DIR``.
+``app.queuePrompt`` (what the Run button does; its return value is no success flag, so the server's answer to
+the POST /prompt is checked), waits for the run to finish and reads the result text that js/safecut.js puts on
+the nodes, the nodes' sizes, the Save node's previews and the view the workflow opened with. Screenshots go to
+a temporary folder (printed) and, when set, are copied to ``$SAFECUT_SCREENSHOT_DIR``. ``COMFYUI_FRONTEND_ROOT``
+runs it against another frontend build (CI: the newest on PyPI). Under ``CI=true`` nothing here may skip.
 """
 from __future__ import annotations
 
