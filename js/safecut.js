@@ -1,10 +1,13 @@
-// SafeCut front-end: after a SafeCut node runs, show its result on the canvas (caption, verdict with
-// colour, P(unsafe), device actually used, time taken, how many images the gate settled by keywords).
+// SafeCut front-end: after a SafeCut node runs, show what happened on the canvas: device actually used and time
+// (a header line that never scrolls away), per image verdict / decided_by / P(unsafe) / reason, captions, what
+// was saved. The Keyword Gate also fills in the Llama node, whose captions it classified (lazy input).
 // Plain extension API (app.registerExtension + onExecuted), no build step.
 import { app } from "../../scripts/app.js";
 
 const COLORS = { SAFE: "#2e7d32", UNSAFE: "#b71c1c", MIXED: "#8d6e00" };
 const WIDGET = "safecut_result";
+const LINE_PX = 15;
+const MAX_LINES = 8; // more scrolls inside the box
 
 function first(v) {
   return Array.isArray(v) ? v[0] : v;
@@ -20,82 +23,149 @@ function total(v) {
   return (Array.isArray(v) ? v : [v]).reduce((a, b) => a + Number(b || 0), 0);
 }
 
-// Turns the node's `ui` payload into display lines. Exported on window for the browser test.
-export function formatResult(ui) {
+function rowLine(r) {
+  const name = r.name ? ` ${r.name}` : "";
+  const parts = [r.by ? `by ${r.by}` : ""];
+  if (r.p_unsafe !== null && r.p_unsafe !== undefined) parts.push(`P(unsafe) ${Number(r.p_unsafe).toFixed(3)}`);
+  if (r.categories && r.categories.length) parts.push(r.categories.join(", "));
+  if (r.reason) parts.push(r.reason);
+  return `#${r.n}${name}: ${r.verdict || "?"} ` + parts.filter(Boolean).join(" · ");
+}
+
+// Device and time: the first line, shown above the scrolling part.
+export function formatHeader(ui) {
+  const head = [];
+  if (ui.device !== undefined) head.push(`device: ${distinct(ui.device)}`);
+  if (ui.seconds !== undefined) head.push(`time: ${total(ui.seconds).toFixed(2)} s`);
+  return head.join(" · ");
+}
+
+// Everything else, one line per fact / image.
+export function formatBody(ui) {
   const lines = [];
   const verdicts = ui.verdict || [];
+  if (ui.from_gate) lines.push(`${first(ui.model) || "classifier"}: ${ui.rows.length} caption(s) from the gate`);
   if (verdicts.length) {
     const safe = verdicts.filter((v) => v === "SAFE").length;
     lines.push(`verdict: ${safe} SAFE / ${verdicts.length - safe} UNSAFE`);
   }
-  if (ui.settled_by_keywords !== undefined) lines.push(`settled by keywords: ${first(ui.settled_by_keywords)}`);
-  if (ui.p_unsafe && ui.p_unsafe.length) {
+  if (ui.settled_by_keywords !== undefined) {
+    lines.push(`settled by keywords: ${first(ui.settled_by_keywords)} of ${verdicts.length}`);
+  }
+  if (ui.rows && ui.rows.length) {
+    ui.rows.forEach((r) => lines.push(rowLine(r)));
+  } else if (ui.p_unsafe && ui.p_unsafe.length) {
     lines.push("P(unsafe): " + ui.p_unsafe.map((p) => (p === null ? "n/a" : Number(p).toFixed(3))).join(", "));
   }
-  if (ui.caption && ui.caption.length) {
-    ui.caption.slice(0, 8).forEach((c, i) => lines.push(`#${i + 1}: ${c}`));
-    if (ui.caption.length > 8) lines.push(`… ${ui.caption.length - 8} more`);
-  }
+  if (ui.caption && ui.caption.length) ui.caption.forEach((c, i) => lines.push(`#${i + 1}: ${c}`));
   if (ui.safecut && ui.safecut.length) {
     const s = ui.safecut[0] || {};
     lines.push(`saved ${s.saved} of ${s.images}` + (s.not_saved ? ` (${s.not_saved} not saved)` : ""));
     if (s.report) lines.push(`report: ${s.report}`);
   }
-  if (ui.device !== undefined) lines.push(`device: ${distinct(ui.device)}`);
-  if (ui.seconds !== undefined) lines.push(`time: ${total(ui.seconds).toFixed(2)} s`);
   if (ui.text && ui.text.length && !lines.length) lines.push(...ui.text.map(String));
   return lines.join("\n");
 }
 
+// The whole text (header + body). Exported on window for the browser test.
+export function formatResult(ui) {
+  return [formatHeader(ui), formatBody(ui)].filter(Boolean).join("\n");
+}
+
 function verdictColor(ui) {
-  const v = ui.verdict || [];
+  const v = ui.verdict || (ui.rows || []).map((r) => r.verdict);
   if (!v.length) return null;
   if (v.every((x) => x === "SAFE")) return COLORS.SAFE;
   if (v.every((x) => x === "UNSAFE")) return COLORS.UNSAFE;
   return COLORS.MIXED;
 }
 
-// The read-only result box: a multi-line DOM textarea (a canvas "text" widget shows one line only, which
-// cut the verdict, captions and device off). Never serialized: not in widgets_values, not in the prompt.
+// Header + up to MAX_LINES wrapped lines of body (12px monospace: ~7.3 px per character); more scrolls.
+function boxHeight(body, width) {
+  const perLine = Math.max(20, Math.floor((width - 50) / 7.3));
+  const lines = body.split("\n").reduce((n, l) => n + Math.max(1, Math.ceil(l.length / perLine)), 0);
+  return 26 + 34 + LINE_PX * Math.min(Math.max(lines, 2), MAX_LINES);  // head, paddings, widget margins
+}
+
+// The read-only result box: a fixed header (device, time) over a scrolling multi-line text. A DOM widget (a
+// canvas "text" widget shows one line only). Never serialized: not in widgets_values, not in the prompt.
 function resultWidget(node) {
   let w = node.widgets && node.widgets.find((x) => x.name === WIDGET);
   if (w) return w;
-  if (typeof node.addDOMWidget === "function") {
-    const el = document.createElement("textarea");
-    el.className = "comfy-multiline-input safecut-result";
-    el.readOnly = true;
-    el.spellcheck = false;
-    el.style.opacity = 0.9;
-    w = node.addDOMWidget(WIDGET, "safecut_result", el, {
-      serialize: false,
-      hideOnZoom: false,
-      getValue: () => el.value,
-      setValue: (v) => {
-        el.value = v;
-      },
-      getMinHeight: () => 18 + 15 * Math.min(Math.max(el.value.split("\n").length, 2), 10),
-    });
-    w.inputEl = el;
-  } else {
+  if (typeof node.addDOMWidget !== "function") {
     w = node.addWidget("text", WIDGET, "", () => {}, { multiline: true, serialize: false });
+    w.serialize = false;
+    return w;
   }
+  const el = document.createElement("div");
+  el.className = "safecut-result";
+  el.style.cssText = "display:flex;flex-direction:column;box-sizing:border-box;overflow:hidden;";
+  const head = document.createElement("div");
+  head.className = "safecut-head";
+  head.style.cssText = "font:12px monospace;line-height:18px;padding:2px 6px;white-space:nowrap;overflow:hidden;" +
+    "text-overflow:ellipsis;color:var(--input-text,#ddd);background:rgba(0,0,0,0.35);border-radius:4px 4px 0 0;";
+  const body = document.createElement("textarea");
+  body.className = "comfy-multiline-input safecut-body";
+  body.readOnly = true;
+  body.spellcheck = false;
+  body.style.cssText = `flex:1;min-height:0;resize:none;font:12px monospace;line-height:${LINE_PX}px;` +
+    "overflow-y:auto;white-space:pre-wrap;word-break:break-word;opacity:0.92;";
+  el.append(head, body);
+  let text = "";
+  w = node.addDOMWidget(WIDGET, "safecut_result", el, {
+    serialize: false,
+    hideOnZoom: false,
+    getValue: () => text,
+    setValue: (v) => {
+      text = v;
+    },
+    // fixed height: the node's other multiline widgets keep their room, long text scrolls in the box
+    getMinHeight: () => node.safecutBoxH || 60,
+    getMaxHeight: () => node.safecutBoxH || 60,
+  });
   w.serialize = false; // never saved into widgets_values: saved workflows keep their positions
+  w.safecutHead = head;
+  w.safecutBody = body;
   return w;
 }
 
 function showResult(node, ui) {
-  const text = formatResult(ui || {});
+  ui = ui || {};
+  const header = formatHeader(ui);
+  const body = formatBody(ui);
+  const text = [header, body].filter(Boolean).join("\n");
   node.safecutResult = text;
   if (!text) return;
+  const before = [node.size[0], node.size[1]];
   const w = resultWidget(node);
+  node.safecutBoxH = boxHeight(body, Math.max(before[0], 320));
   w.value = text;
-  if (w.inputEl) w.inputEl.value = text;
-  const color = verdictColor(ui || {});
-  if (color) {
-    node.bgcolor = color;
+  if (w.safecutHead) {
+    w.safecutHead.textContent = header || " ";
+    w.safecutBody.value = body;
   }
-  node.setSize([Math.max(node.size[0], 280), node.computeSize()[1]]);
+  const color = verdictColor(ui);
+  if (color) node.bgcolor = color;
+  // Never shrink (the gate's keyword lists keep their lines); grow only when the widgets need more room
+  // (the shipped workflows leave room for the box, so their nodes keep their size and do not overlap).
+  const min = node.computeSize();
+  node.setSize([Math.max(before[0], min[0], 320), Math.max(before[1], min[1])]);
   node.setDirtyCanvas(true, true);
+}
+
+// The gate classified the undecided captions with the classifier it got from the Llama node: show the results
+// there (the Llama node itself only handed out the classifier), or say that it was not needed.
+function showClassifierResults(gate, ui) {
+  const slot = gate.findInputSlot ? gate.findInputSlot("classifier") : -1;
+  const llama = slot >= 0 && gate.getInputNode ? gate.getInputNode(slot) : null;
+  if (!llama) return;
+  const c = first(ui.classifier);
+  if (c) {
+    showResult(llama, { from_gate: true, model: [c.model], rows: c.rows, device: [c.device], seconds: [c.seconds] });
+  } else {
+    showResult(llama, { text: ["not needed: the gate settled every caption without the LLM (model not loaded)"] });
+    llama.bgcolor = undefined;
+  }
 }
 
 app.registerExtension({
@@ -107,6 +177,7 @@ app.registerExtension({
       const r = onExecuted ? onExecuted.apply(this, arguments) : undefined;
       try {
         showResult(this, message);
+        if (nodeData.name === "SafeCutKeywordGate") showClassifierResults(this, message || {});
       } catch (e) {
         console.error("SafeCut: could not show the result", e);
       }

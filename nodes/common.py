@@ -113,6 +113,16 @@ def ui_result(result: tuple, **text: Any) -> dict:
     return {"ui": ui, "result": result}
 
 
+def verdict_row(index: int, name: str = "", *, verdict=None, decided_by=None, p_unsafe=None, categories=(),
+                reason: str = "") -> dict:
+    """One image's line on the canvas (js/safecut.js formats it): what was decided, by whom, P(unsafe), why."""
+    row = {"n": index + 1, "name": name, "verdict": verdict, "by": decided_by,
+           "p_unsafe": None if p_unsafe is None else round(float(p_unsafe), 4), "categories": list(categories or [])}
+    if reason:
+        row["reason"] = str(reason)[:400]
+    return row
+
+
 def timer() -> float:
     return time.perf_counter()
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 import os
 
 from ..safecut import florence, modelfiles
-from .common import CATEGORY, DEVICE, KEEP_LOADED, Progress, check_interrupt, combo, images_to_numpy, timer, \
-    ui_result
+from .common import CATEGORY, DEVICE, KEEP_LOADED, Progress, check_interrupt, combo, flatten, images_to_numpy, \
+    timer, ui_result
+
+
+def _first(v, default=None):
+    return (v[0] if v else default) if isinstance(v, (list, tuple)) else v
 
 
 class SafeCutFlorence2Caption:
@@ -13,6 +17,9 @@ class SafeCutFlorence2Caption:
                    "the same image always gets the same caption. Feed 'caption' to SafeCut Keyword Gate.")
     CATEGORY = CATEGORY
     FUNCTION = "run"
+    # A list run (Load Image Batch, mode list) arrives here as ONE call with every image, so batch_size batches
+    # across the list (a plain node would run once per image and never batch). Widget values come as lists.
+    INPUT_IS_LIST = True
     RETURN_TYPES = ("STRING", "STRING")
     RETURN_NAMES = ("caption", "info")
     OUTPUT_IS_LIST = (True, False)
@@ -22,7 +29,7 @@ class SafeCutFlorence2Caption:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "image": ("IMAGE", {"tooltip": "Images to caption (a batch); the whole batch is captioned."}),
+            "image": ("IMAGE", {"tooltip": "Images to caption: a batch or a list (every item is captioned, batch_size at a time)."}),
             "model": combo(modelfiles.choices("florence2"), florence.DEFAULT_MODEL,
                            "Florence-2 model folder (Hugging Face layout with config.json) in models/florence2 or "
                            "models/LLM. Use the converted florence-community/Florence-2-* repos. Not on disk yet: "
@@ -48,7 +55,11 @@ class SafeCutFlorence2Caption:
 
     def run(self, image, model, task, device, precision, max_new_tokens, num_beams, batch_size, keep_model_loaded):
         t0 = timer()
-        frames = images_to_numpy(image)
+        frames = [f for t in flatten(image) if t is not None for f in images_to_numpy(t)]
+        model, task, device, precision = _first(model), _first(task), _first(device), _first(precision)
+        max_new_tokens, num_beams, batch_size = int(_first(max_new_tokens)), int(_first(num_beams)), \
+            int(_first(batch_size))
+        keep_model_loaded = bool(_first(keep_model_loaded, True))
         result = florence.caption_images(
             frames, model, task=task, device=device, precision=precision, max_new_tokens=max_new_tokens,
             num_beams=num_beams, batch_size=batch_size, keep_loaded=keep_model_loaded,

@@ -3,7 +3,7 @@ only when at least one image is undecided, and sends it only the undecided capti
 from __future__ import annotations
 
 from ..safecut import gate
-from .common import CATEGORY, combo, dumps, flatten, flatten_images, ui_result
+from .common import CATEGORY, combo, dumps, flatten, flatten_images, timer, ui_result, verdict_row
 
 
 def _first(v, default=None):
@@ -84,11 +84,15 @@ class SafeCutKeywordGate:
 
     def run(self, captions, safe_keywords, unsafe_keywords, policy, block_unsafe, images=None, nudenet=None,
             classifier=None, filenames=None):
+        t0 = timer()
         decisions = self._decide(captions, safe_keywords, unsafe_keywords, policy, nudenet)
         handle = _first(classifier)
         settled_by_keywords = sum(d.decided_by in ("keywords", "nudenet") for d in decisions)
-        asked_classifier = bool(gate.undecided(decisions)) and handle is not None
+        todo = gate.undecided(decisions)
+        asked_classifier = bool(todo) and handle is not None
+        t_cls = timer()
         gate.settle(decisions, handle.classify if handle is not None else None)
+        t_cls = timer() - t_cls
         names = [str(n) for n in flatten(filenames)] if filenames else []
         report = [dict(d.as_dict(), index=i, filename=names[i] if i < len(names) else "")
                   for i, d in enumerate(decisions)]
@@ -100,14 +104,32 @@ class SafeCutKeywordGate:
         stats = gate.summary(decisions)
         text = (f"{stats['safe']} safe / {stats['unsafe']} unsafe; settled without the LLM: {settled_by_keywords} "
                 f"of {len(decisions)}; classifier: {stats['by_classifier']}; errors: {stats['by_error']}")
+        rows = [_row(i, names, d) for i, d in enumerate(decisions)]
         extra = {}
         if asked_classifier:  # the Llama model ran here (lazy path): say on which device, never silently
-            extra["device"] = handle.device_description() if hasattr(handle, "device_description") else "unknown"
+            loaded = getattr(handle, "device", None) is not None or not hasattr(handle, "device_description")
+            extra["device"] = (handle.device_description() if hasattr(handle, "device_description") else "unknown") \
+                if loaded else "none (not loaded)"
             text += f"; classifier on {extra['device']}"
+            # what the Llama node shows on the canvas (it hands out the classifier; the captions come here)
+            extra["classifier"] = {"device": extra["device"], "seconds": round(t_cls, 3),
+                                   "model": _model_name(handle), "rows": [rows[i] for i in todo]}
         return ui_result(([d.verdict for d in decisions], [d.decided_by for d in decisions], safe_out,
                           dumps({"summary": stats, "images": report})),
                          verdict=[d.verdict for d in decisions], decided_by=[d.decided_by for d in decisions],
-                         settled_by_keywords=settled_by_keywords, text=text, **extra)
+                         settled_by_keywords=settled_by_keywords, rows=rows, seconds=round(timer() - t0, 3),
+                         text=text, **extra)
+
+
+def _model_name(handle) -> str:
+    resolved = getattr(handle, "_resolved", None)  # set when the Llama node resolved its file
+    return getattr(resolved, "name", "") or str(getattr(handle, "model", ""))
+
+
+def _row(i: int, names: list[str], d) -> dict:
+    return verdict_row(i, names[i] if i < len(names) else "", verdict=d.verdict, decided_by=d.decided_by,
+                       p_unsafe=d.p_unsafe if d.decided_by == "classifier" else None, categories=d.categories,
+                       reason=d.reason if d.decided_by == "error" else "")
 
 
 def _blocker():

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 
-from ..safecut import guard
-from .common import CATEGORY, KEEP_LOADED, THREADS, Progress, combo, dumps, flatten, timer, ui_result
+from ..safecut import deps, guard
+from .common import CATEGORY, KEEP_LOADED, THREADS, Progress, combo, dumps, flatten, timer, ui_result, \
+    verdict_row
 
 
 def _first(v, default=None):
@@ -82,8 +83,13 @@ class SafeCutLlamaSafetyClassifier:
         resolved = handle.resolve()  # a missing file is reported here, with the fetch command, not later
         captions = [c if isinstance(c, str) else "" for c in flatten(caption)] if caption is not None else []
         if not captions:
-            text = f"{resolved.name}: ready; loads when a caption needs it"
-            return ui_result((handle, [], [], [], "[]"), text=text)  # the js shows 'text' when nothing else
+            # Lazy path: the Keyword Gate classifies and js/safecut.js puts its results on this node afterwards.
+            if deps.available("llama_cpp"):
+                text = f"{resolved.name}: waiting for the Keyword Gate's undecided captions"
+            else:  # the gate will fail closed; say why here, where the user looks
+                text = (f"{resolved.name}: llama-cpp-python is not installed: every caption the gate sends here "
+                        f"becomes UNSAFE (fail closed). Install it into ComfyUI's Python (SafeCut README).")
+            return ui_result((handle, [], [], [], "[]"), text=text, model=resolved.name)
         results = handle.classify(captions, progress=Progress(len(captions)))
         seconds = timer() - t0
         report = [dict(r.as_dict(), index=i) for i, r in enumerate(results)]
@@ -94,7 +100,10 @@ class SafeCutLlamaSafetyClassifier:
         return ui_result((handle, [r.verdict for r in results], [float(r.p_unsafe) for r in results],
                           [", ".join(r.categories) for r in results], dumps(report)),
                          verdict=[r.verdict for r in results], p_unsafe=[round(float(r.p_unsafe), 4) for r in results],
-                         device=handle.device_description(), seconds=round(seconds, 3), text=text)
+                         rows=[verdict_row(i, "", verdict=r.verdict, decided_by=r.decided_by, p_unsafe=r.p_unsafe,
+                                           categories=r.categories, reason=r.error or "")
+                               for i, r in enumerate(results)],
+                         model=resolved.name, device=handle.device_description(), seconds=round(seconds, 3), text=text)
 
 
 NODE_CLASS_MAPPINGS = {"SafeCutLlamaSafetyClassifier": SafeCutLlamaSafetyClassifier}

@@ -44,17 +44,26 @@ class Graph:
     note: str
     nodes: list
     links: list            # (src_id, output_name, dst_id, input_name)
+    note_box: tuple = ((0, 540), (400, 540))   # the About note: pos, size
+
+
+# What a user sees on opening: the whole graph at a zoom where ComfyUI draws text (below ~0.6 it draws only
+# boxes and hides every text box, the note included). Laid out wide for a 1920x1080 window (canvas ~1856x1002
+# after the side bar and menu). Node heights leave room for the result box js/safecut.js adds after a run.
+# Newer frontends draw the canvas under the side bar and the top bar: leave them room (left, top, right, bottom).
+VIEW_CANVAS = (1856, 1002)
+VIEW_MARGIN = (64, 90, 24, 24)
 
 
 # ---- the graphs -----------------------------------------------------------------------------------------
 def _fast(profile: str) -> Graph:
     p = PROFILE_VALUES[profile]
     nodes = [
-        N(1, "SafeCutLoadImageBatch", {"directory": INPUT_FOLDER, "mode": "list"}, "Load images", (20, 0)),
+        N(1, "SafeCutLoadImageBatch", {"directory": INPUT_FOLDER, "mode": "list"}, "Load images", (0, 0), (400, 480)),
         N(2, "SafeCutBEN2RemoveBackground", {"model": "BEN2_Base.onnx", "provider": p["provider"],
                                              "threads": p["threads"], "batch_size": p["batch_size"]},
-          "BEN2 cut-out", (420, 0)),
-        N(3, "SafeCutSaveCutout", {"filename_prefix": "safecut/cutout"}, "Save cut-outs", (820, 0)),
+          "BEN2 cut-out", (440, 0), (360, 480)),
+        N(3, "SafeCutSaveCutout", {"filename_prefix": "safecut/cutout"}, "Save cut-outs", (840, 0), (400, 640)),
     ]
     links = [(1, "image", 2, "image"), (2, "rgba", 3, "image"), (2, "mask", 3, "mask"), (1, "filenames", 3, "filenames")]
     return Graph(f"safecut_{profile}_fast", f"SafeCut {profile.upper()} fast: cut-outs only", NOTE_FAST, nodes, links)
@@ -64,21 +73,23 @@ def _full(profile: str) -> Graph:
     p = PROFILE_VALUES[profile]
     gpu = profile == "gpu"
     nodes = [
-        N(1, "SafeCutLoadImageBatch", {"directory": INPUT_FOLDER, "mode": "list"}, "Load images", (20, 0)),
+        N(1, "SafeCutLoadImageBatch", {"directory": INPUT_FOLDER, "mode": "list"}, "Load images", (0, 0), (400, 480)),
         N(2, "SafeCutBEN2RemoveBackground", {"model": "BEN2_Base.onnx", "provider": p["provider"],
                                              "threads": p["threads"], "batch_size": p["batch_size"]},
-          "BEN2 cut-out", (420, 0)),
+          "BEN2 cut-out", (440, 0), (360, 480)),
         N(3, "SafeCutFlorence2Caption", {"model": "Florence-2-large-ft" if gpu else "Florence-2-base-ft",
                                          "device": p["device"], "precision": p["precision"],
-                                         "batch_size": p["batch_size"]}, "Florence-2 caption", (420, 520)),
-        N(4, "SafeCutNudeNetDetector", {"device": p["device"], "threads": p["threads"]}, "NudeNet", (420, 1040)),
+                                         "batch_size": p["batch_size"]}, "Florence-2 caption", (440, 540),
+          (360, 460)),
+        N(4, "SafeCutNudeNetDetector", {"device": p["device"], "threads": p["threads"]}, "NudeNet", (840, 0),
+          (360, 520)),
         N(5, "SafeCutLlamaSafetyClassifier", {"model_family": "Llama-Guard-3-1B",
                                               "quantization": "Q8_0" if gpu else "Q4_K_M",
                                               "n_gpu_layers": p["n_gpu_layers"], "threads": p["threads"]},
-          "Llama safety (runs only if needed)", (840, 1040)),
-        N(6, "SafeCutKeywordGate", {"policy": "review"}, "Keyword gate", (840, 0), (400, 900)),
+          "Llama safety (runs only if needed)", (840, 580), (360, 500)),
+        N(6, "SafeCutKeywordGate", {"policy": "review"}, "Keyword gate", (1240, 0), (420, 1050)),
         N(7, "SafeCutSaveCutout", {"filename_prefix": "safecut/cutout", "save_unsafe": False},
-          "Save cut-outs + verdicts", (1300, 0)),
+          "Save cut-outs + verdicts", (1700, 0), (400, 640)),
     ]
     links = [(1, "image", 2, "image"), (1, "image", 3, "image"), (1, "image", 4, "image"),
              (3, "caption", 6, "captions"), (4, "nudenet", 6, "nudenet"), (5, "classifier", 6, "classifier"),
@@ -100,6 +111,8 @@ Cuts the subject out of every image in **input/{INPUT_FOLDER}/** and saves RGBA 
   `python -m safecut models fetch BEN2_Base.onnx` fetches it by hand).
 * The BEN2 node shows the device it really used. Switch to GPU with
   `python -m safecut workflow to-gpu this.json gpu.json`.
+* BEN2's *batch_size* counts when the loader's *mode* is `batch` (one tensor); in `list` mode every image keeps
+  its own size and is cut out on its own.
 """
 
 NOTE_FULL_CPU = f"""# SafeCut — CPU full (cut-out + caption + verdict)
@@ -111,11 +124,15 @@ Load → **BEN2** cut-out → **Florence-2** caption (fp32 on CPU) → **Keyword
 * NudeNet's bundled 320n weights are **AGPL-3.0** (NudeNet's code is MIT).
 * Unsafe images are not saved (*save_unsafe* off) but are listed in the report.
 * Models: `python -m safecut models fetch --profile cpu-full`.
+* **What batch does**: Florence-2 gets the whole list in one run and captions *batch_size* images per
+  generate call (×1.19 per image at 8 on 2 CPU cores; more on a GPU). NudeNet runs one image at a time:
+  batching it measured no faster on CPU. BEN2's *batch_size* counts only in the loader's `batch` mode.
 """
 
 NOTE_FULL_GPU = f"""# SafeCut — GPU full
 Same graph as *CPU full* on CUDA: BEN2 with the CUDA provider, Florence-2 large in fp16, Llama Guard with all
-layers on the GPU (needs a CUDA build of llama-cpp-python), larger batches.
+layers on the GPU (needs a CUDA build of llama-cpp-python), larger batches (Florence-2 captions the
+whole list *batch_size* = 8 images per generate call).
 Every model node reports the device it actually used; without a usable GPU it says so and runs on CPU.
 
 {IMAGES_LINE}
@@ -175,12 +192,24 @@ def to_ui(g: Graph, ct: dict | None = None) -> dict:
             "widgets_values": _widget_values(ct, n),
         })
     note_id = max(by_id) + 1
-    nodes.append({"id": note_id, "type": "MarkdownNote", "pos": [20, 520], "size": [380, 460], "flags": {},
+    (nx, ny), (nw, nh) = g.note_box
+    nodes.append({"id": note_id, "type": "MarkdownNote", "pos": [nx, ny], "size": [nw, nh], "flags": {},
                   "order": len(nodes), "mode": 0, "inputs": [], "outputs": [], "title": "About this workflow",
                   "properties": {}, "widgets_values": [g.note]})
     return {"id": _uuid(g.name), "revision": 0, "last_node_id": note_id, "last_link_id": len(links),
             "nodes": nodes, "links": links, "groups": [], "config": {},
-            "extra": {"safecut": {"workflow": g.name}}, "version": 0.4}
+            "extra": {"safecut": {"workflow": g.name}, "ds": _view(g)}, "version": 0.4}
+
+
+def _view(g: Graph) -> dict:
+    """extra.ds: the zoom and offset the frontend opens the workflow with (the whole graph, top-left aligned)."""
+    title = 30  # node title bar, drawn above pos
+    boxes = [(n.pos, n.size) for n in g.nodes] + [g.note_box]
+    x0, y0 = min(p[0] for p, _ in boxes), min(p[1] for p, _ in boxes) - title
+    x1, y1 = max(p[0] + s[0] for p, s in boxes), max(p[1] + s[1] for p, s in boxes)
+    (cw, ch), (left, top, right, bottom) = VIEW_CANVAS, VIEW_MARGIN
+    scale = round(min(1.0, (cw - left - right) / (x1 - x0), (ch - top - bottom) / (y1 - y0)), 3)
+    return {"scale": scale, "offset": [round(left / scale - x0, 1), round(top / scale - y0, 1)]}
 
 
 def _uuid(name: str) -> str:

@@ -13,6 +13,7 @@ Used by tests/test_comfyui_integration.py, tests/test_frontend.py and tests/test
   registry name, so the workflows' ``model_family``/``quantization`` widgets stay as they are.
   NudeNet uses the 320n weights bundled with the ``nudenet`` package of ComfyUI's Python.
 * Only 127.0.0.1 is contacted; downloads are switched off in the server's environment.
+* ``COMFYUI_FRONTEND_ROOT``: serve that frontend build (``--front-end-root``) instead of the installed one.
 """
 from __future__ import annotations
 
@@ -283,6 +284,8 @@ def running_comfyui(base: Path, *, env: dict | None = None, extra_args: tuple[st
                    PYTHONUNBUFFERED="1", SAFECUT_MODELS_DIR=str(base / "models"))
     run_env.pop("SAFECUT_STRICT_DEVICE", None)  # the tests check the reported CPU fallback
     run_env.update(env or {})
+    if os.environ.get("COMFYUI_FRONTEND_ROOT"):  # another frontend build (e.g. the newest on PyPI), served as is
+        extra_args = ("--front-end-root", os.environ["COMFYUI_FRONTEND_ROOT"], *extra_args)
     cmd = [comfyui_python(), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
            "--disable-auto-launch", "--base-directory", str(base), "--database-url", "sqlite:///:memory:",
            *extra_args]

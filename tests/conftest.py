@@ -57,3 +57,17 @@ def subject_image(h: int = 96, w: int = 128) -> np.ndarray:
     img = np.full((h, w, 3), 0.05, np.float32)
     img[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = (0.95, 0.9, 0.85)
     return img
+
+
+# In CI (CI=true) the real-ComfyUI, worker-handler and browser tests must run: .ci/run provides ComfyUI,
+# worker-comfyui, Chromium and playwright-core, so a missing prerequisite is a broken CI, not a reason to skip.
+# Locally they still skip with the reason.
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if (report.skipped and os.environ.get("CI", "").lower() == "true"
+            and item.get_closest_marker("comfyui") is not None):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"CI=true: a real-ComfyUI test may not skip: {reason}"

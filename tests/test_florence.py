@@ -209,6 +209,28 @@ def test_node_contract(pack_flo):
     assert req["model"][0][0] == TINY and "Florence-2-base-ft" in req["model"][0]
     assert req["task"][0] == ["caption", "detailed caption", "more detailed caption"]
     assert cls.RETURN_TYPES == ("STRING", "STRING") and cls.OUTPUT_IS_LIST == (True, False)
+    assert cls.INPUT_IS_LIST is True  # a list run is one call, so batch_size batches across it
+
+
+def test_node_batches_a_list_run(pack_flo, monkeypatch):
+    """A list run (native sizes, one tensor per image, widget values as one-element lists, as ComfyUI hands an
+    INPUT_IS_LIST node) is captioned in generate calls of batch_size images, in order."""
+    cls = pack_flo.NODE_CLASS_MAPPINGS["SafeCutFlorence2Caption"]
+    flo = pack_flo.safecut.florence
+    imgs = images(3)                                                   # two different sizes
+    chunks = []
+
+    def spy(fm, ims, *a, **k):
+        chunks.append((len(ims), k.get("batch_size")))
+        return real(fm, ims, *a, **k)
+
+    real = flo.generate_captions
+    monkeypatch.setattr(flo, "generate_captions", spy)
+    items = [torch.from_numpy(im[None]) for im in imgs]
+    out = cls().run(items, [TINY], ["caption"], ["CPU"], ["fp32"], [12], [2], [2], [True])
+    captions, info = out["result"]
+    assert chunks == [(3, 2)] and len(captions) == 3 and "3 caption(s)" in info
+    assert captions == [flo.caption_images([im], TINY, **FAST).captions[0] for im in imgs]
 
 
 def test_node_captions_each_image(pack_flo):

@@ -12,9 +12,11 @@ package playwright-core (``$PLAYWRIGHT_CORE_DIR`` = the package folder or the no
 For every example workflow (example_workflows/*.json, UI format) the driver (tests/frontend/drive_workflow.js)
 loads it with ``app.loadGraphData``, checks that the frontend knows every node type (no missing-nodes notice),
 points the model widgets at the tiny test models and the loader at its own input folder, queues it with
-``app.queuePrompt`` (what the Run button does), waits for the run to finish and reads the result text that
-js/safecut.js puts on the nodes. Screenshots go to a temporary folder (printed) and, when set, are copied to
-``$SAFECUT_SCREENSHOT_DIR``.
+``app.queuePrompt`` (what the Run button does; its return value is no success flag, so the server's answer to
+the POST /prompt is checked), waits for the run to finish and reads the result text that js/safecut.js puts on
+the nodes, the nodes' sizes, the Save node's previews and the view the workflow opened with. Screenshots go to
+a temporary folder (printed) and, when set, are copied to ``$SAFECUT_SCREENSHOT_DIR``. ``COMFYUI_FRONTEND_ROOT``
+runs it against another frontend build (CI: the newest on PyPI). Under ``CI=true`` nothing here may skip.
 """
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ pytestmark = [pytest.mark.comfyui, pytest.mark.skipif(H.skip_reason() is not Non
 EXAMPLES = sorted(glob.glob(str(H.ROOT / "example_workflows" / "*.json")))
 DRIVER = H.ROOT / "tests" / "frontend" / "drive_workflow.js"
 DRIVE_TIMEOUT_S = int(H.PROMPT_TIMEOUT_S)
-RESULT_NODES = ("SafeCutBEN2RemoveBackground", "SafeCutKeywordGate")  # close-up screenshots of these
+RESULT_NODES = ("SafeCutBEN2RemoveBackground", "SafeCutKeywordGate", "SafeCutLlamaSafetyClassifier",
+                "SafeCutSaveCutout")  # close-up screenshots of these
 _RUNS: dict[str, dict] = {}  # workflow name -> driver report (for the layout check)
 
 
@@ -94,7 +97,7 @@ def comfy(browser_tools, tmp_path_factory):
     H.make_base(base)
     H.build_tiny_models(base / "models", ben2=True, florence=True, gguf_quants=("Q4_K_M", "Q8_0"))
     for wf in EXAMPLES:  # each workflow reads its own folder, so no node output is reused from a previous run
-        H.write_test_images(base / "input" / f"fe_{Path(wf).stem}")
+        H.write_test_images(base / "input" / f"fe_{Path(wf).stem}", size=(192, 144))  # previews worth seeing
     try:
         with H.running_comfyui(base) as server:
             print(f"ComfyUI {server.url} started in {server.start_seconds:.1f}s (log {server.log_path})")
@@ -147,6 +150,9 @@ def drive(browser_tools, comfy, shots, name: str, workflow: str, widgets: dict, 
 def tiny_widgets(name: str) -> dict:
     widgets = {k: dict(v) for k, v in H.TINY_WIDGETS.items()}
     widgets["SafeCutLoadImageBatch"] = {"directory": f"fe_{name}"}
+    # the tiny random classifier scores both test captions near 0.65: this threshold splits them, so the
+    # screenshots show a SAFE image saved and previewed next to an UNSAFE one (the asserts hold either way)
+    widgets["SafeCutLlamaSafetyClassifier"] = {"threshold": 0.65}
     return widgets
 
 
@@ -170,7 +176,8 @@ def test_example_workflow_runs_in_the_browser(browser_tools, comfy, shots, workf
 
     # runs: queued through the frontend, finished successfully, the result box never reaches the prompt
     run = rep["run"]
-    assert run["queued"] is not False
+    # app.queuePrompt's return value is no success flag (frontend 1.27: false on a clean run): the server's answer
+    assert run["queued"] and run["queued"]["prompt_id"] and run["queued"]["node_errors"] == [], run["queued"]
     assert run["status"] == "success", f"{run}\nComfyUI log:\n{comfy.log_tail()}"
     assert run["leaked_into_prompt"] == [], "the safecut_result widget was sent to the server as an input"
 
@@ -191,8 +198,35 @@ def test_example_workflow_runs_in_the_browser(browser_tools, comfy, shots, workf
         assert r["bgcolor"], "the gate's verdict colour was not applied"
     if "full" in name:
         assert gates, f"{name} has no Keyword Gate"
+    for r in gates:  # per image: verdict, decided_by, P(unsafe) when the classifier decided
+        rows = [l for l in r["result"].splitlines() if l.startswith("#")]
+        assert len(rows) == 2 and all(" by " in l for l in rows), r["result"]
+        assert all("P(unsafe)" in l for l in rows if "by classifier" in l), r["result"]
+    for r in by_type(results, "SafeCutLlamaSafetyClassifier"):  # shows what it did (or that it was not needed)
+        asked = [l for g in gates for l in g["result"].splitlines() if " by classifier" in l or " by error" in l]
+        if asked:  # the gate's undecided captions, with P(unsafe) or the reason the classifier failed
+            assert "caption(s) from the gate" in r["result"] and "device:" in r["result"], r["result"]
+            assert "time:" in r["result"], r["result"]
+            for line in asked:
+                assert line in r["result"], (line, r["result"])
+        else:
+            assert "not needed" in r["result"], r["result"]
     for r in by_type(results, "SafeCutSaveCutout"):
         assert r["result"] and r["result"].startswith("saved "), r
+        # the node previews the cut-outs it saved (not the JSON report it also lists in ui.images)
+        saved = int(r["result"].split()[1])
+        assert r["previews"] == saved and all(".png" in s for s in r["preview_srcs"]), r["preview_srcs"]
+
+    # nodes keep their size: never below what they had or what their widgets need; keyword lists keep lines
+    before = {nid: (h, mh) for nid, h, mh in run["heights_before"]}
+    for r in results:
+        if r["id"] in before:
+            assert r["size"][1] >= before[r["id"]][0] - 1, f"node {r['id']} {r['type']} shrank: {before[r['id']]} -> {r['size']}"
+        assert r["size"][1] >= r["min_height"] - 1, f"node {r['id']} {r['type']} is smaller than its widgets"
+        for m in r["multiline"]:
+            assert m["height"] >= 45, f"node {r['id']} {r['type']}: '{m['name']}' shows under 3 lines ({m})"
+        if r["result"] and "device:" in r["result"]:  # device and time sit above the scrolling text
+            assert r["head_visible"] and "device:" in r["head_text"], r
 
     # what is shown is really on the page, and is never saved into the workflow's widgets_values
     loaded_counts = {n["id"]: n["widgets_values"] for n in rep["nodes"]}
@@ -208,6 +242,19 @@ def test_example_workflow_runs_in_the_browser(browser_tools, comfy, shots, workf
     assert not problems, problems
     for p in rep["screenshots"]:
         assert os.path.getsize(p) > 10_000, p
+
+
+@pytest.mark.parametrize("name", [Path(p).stem for p in EXAMPLES])
+def test_example_workflow_opens_readable(name):
+    """The workflow opens at a zoom where text is drawn (the frontend hides DOM text below ~0.6), with every
+    node on screen (1920x1200) and the About note's text visible."""
+    rep = _RUNS.get(name)
+    if not rep:
+        pytest.skip(f"{name} was not run in the browser in this session")
+    opened = rep["opened"]
+    assert opened["scale"] >= 0.6, f"{name} opens at {opened['scale']:.0%} zoom"
+    assert opened["outside"] == [], f"{name}: nodes outside the view when it opens: {opened['outside']}"
+    assert opened["note_visible"] and "SafeCut" in (opened["note_text"] or ""), opened
 
 
 def test_missing_node_type_is_detected(browser_tools, comfy, shots, tmp_path):

@@ -248,6 +248,30 @@ def test_gate_node_runs_classifier_only_on_undecided(pack):
     rep = json.loads(report)
     assert rep["summary"]["by_keywords"] == 2 and rep["images"][1]["filename"] == "b.png"
     assert out["ui"]["settled_by_keywords"] == [2]
+    # the canvas: per image verdict / decided_by / P(unsafe) (classifier only); the Llama node's rows
+    rows = out["ui"]["rows"]
+    assert [(r["n"], r["name"], r["verdict"], r["by"]) for r in rows] == [
+        (1, "a.png", SAFE, "keywords"), (2, "b.png", UNSAFE, "classifier"), (3, "c.png", SAFE, "keywords")]
+    assert [r["p_unsafe"] for r in rows] == [None, 0.8, None]
+    cls = out["ui"]["classifier"][0]
+    assert cls["rows"] == [rows[1]] and cls["seconds"] >= 0 and out["ui"]["seconds"][0] >= 0
+
+
+class BrokenHandle:
+    def classify(self, captions):
+        raise RuntimeError("llama-cpp-python is not installed")
+
+
+def test_gate_node_shows_why_the_classifier_failed(pack):
+    """Fail closed (UNSAFE, decided_by error) and the reason is in the canvas payload, per image and for the
+    Llama node, not only in the report JSON."""
+    out = _node(pack).run(captions=["a red mug", "a kitchen knife"], classifier=[BrokenHandle()],
+                          filenames=["a.png", "b.png"], **_widgets())
+    assert out["result"][0] == [SAFE, UNSAFE] and out["result"][1] == ["keywords", "error"]
+    row = out["ui"]["rows"][1]
+    assert row["verdict"] == UNSAFE and row["by"] == "error" and "llama-cpp-python is not installed" in row["reason"]
+    assert out["ui"]["classifier"][0]["rows"] == [row]
+    assert "reason" not in out["ui"]["rows"][0]
 
 
 def test_gate_node_without_classifier_fails_closed_and_without_block_drops(pack):

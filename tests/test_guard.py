@@ -515,6 +515,16 @@ def test_node_without_caption_returns_the_handle_and_loads_nothing(pack, llm_dir
     pack_cache.unload("llama")
 
 
+def test_node_without_llama_cpp_says_so_on_the_canvas(pack, llm_dir, monkeypatch):
+    """The lazy node loads nothing, but when llama-cpp-python is missing it says there (not only in the log)
+    that the gate's captions will be UNSAFE."""
+    deps = sys.modules[pack.__name__ + ".safecut.deps"]
+    assert "waiting for the Keyword Gate" in _node_cls(pack)().run(**_widgets())["ui"]["text"][0]
+    monkeypatch.setattr(deps, "available", lambda m: m != "llama_cpp")
+    text = _node_cls(pack)().run(**_widgets())["ui"]["text"][0]
+    assert "llama-cpp-python is not installed" in text and "UNSAFE" in text
+
+
 def test_node_with_captions_classifies_them(pack, llm_dir):
     out = _node_cls(pack)().run(**_widgets(threshold=0.0), caption=[["a cat", "a dog"], "a knife"])
     handle, verdicts, ps, cats, js = out["result"]
@@ -525,6 +535,8 @@ def test_node_with_captions_classifies_them(pack, llm_dir):
     report = json.loads(js)
     assert [r["index"] for r in report] == [0, 1, 2] and report[0]["decided_by"] == "classifier"
     assert out["ui"]["verdict"] == verdicts and "CPU" in out["ui"]["device"][0]
+    assert [(r["n"], r["verdict"], r["by"]) for r in out["ui"]["rows"]] == [(i, "UNSAFE", "classifier") for i in (1, 2, 3)]
+    assert [r["p_unsafe"] for r in out["ui"]["rows"]] == [round(p, 4) for p in ps]
     sys.modules[pack.__name__ + ".safecut.cache"].get_cache().unload("llama")
 
 

@@ -36,6 +36,26 @@ def test_committed_files_are_what_the_source_generates(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_ui_workflow_opens_with_everything_in_view_at_a_readable_zoom(name):
+    """extra.ds: the frontend draws text only from ~0.6 zoom; the whole graph (note included) fits a
+    1920x1080 window's canvas, clear of the side and top bars, without nodes overlapping."""
+    ui = _load("example_workflows", name)
+    ds = ui["extra"]["ds"]
+    assert 0.6 <= ds["scale"] <= 1.0
+    (cw, ch), (left, top, right, bottom) = W.VIEW_CANVAS, W.VIEW_MARGIN
+    boxes = []
+    for n in ui["nodes"]:
+        x0 = (n["pos"][0] + ds["offset"][0]) * ds["scale"]
+        y0 = (n["pos"][1] - 30 + ds["offset"][1]) * ds["scale"]
+        x1, y1 = x0 + n["size"][0] * ds["scale"], y0 + (n["size"][1] + 30) * ds["scale"]
+        assert x0 >= left - 1 and y0 >= top - 1 and x1 <= cw - right + 1 and y1 <= ch - bottom + 1, n["title"]
+        boxes.append((n["title"], x0, y0, x1, y1))
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not (a[1] < b[3] and b[1] < a[3] and a[2] < b[4] and b[2] < a[4]), (a[0], b[0])
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_ui_and_api_describe_the_same_graph(name):
     ui, api = _load("example_workflows", name), _load("api_workflows", name)
     assert W.ui_to_api(ui) == api

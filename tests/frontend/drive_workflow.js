@@ -79,8 +79,11 @@ async function nodeClip(page, nodeId) {
       const unregistered = types.filter((t) => !window.LiteGraph.registered_node_types[t]);
       await app.loadGraphData(wf);
       await new Promise((r) => setTimeout(r, 1500)); // the missing-nodes notice is shown asynchronously
-      const text = document.body.innerText || "";
-      const notice = (text.match(/(Missing node[^\n]*|Some nodes are missing[^\n]*|missing node types?[^\n]*)/i) || [])[0];
+      // the missing-nodes dialog: its heading AND its list of node types (the whole dialog's text)
+      // (frontend 1.27: a dialog; newer ones: a toast naming the node type)
+      const sel = ".p-dialog, [role=dialog], [role=alertdialog], .p-toast-message, [role=alert], [role=status]";
+      const dialogs = [...document.querySelectorAll(sel)].map((d) => d.innerText || "");
+      const notice = dialogs.find((t) => /missing/i.test(t)) || null;
       const set = [];
       for (const node of app.graph._nodes) {
         for (const [name, value] of Object.entries(widgets[node.type] || {})) {
@@ -91,11 +94,37 @@ async function nodeClip(page, nodeId) {
         }
       }
       const nodes = app.graph._nodes.map((n) => ({ id: String(n.id), type: n.type,
-        widgets_values: (n.widgets || []).filter((w) => w.serialize !== false).length }));
+        widgets_values: (n.widgets || []).filter((w) => w.serialize !== false).length,
+        size: [n.size[0], n.size[1]] }));
       return { types, unregistered, notice: notice || null, set, nodes };
     }, { wf, widgets: cfg.widgets || {} });
     Object.assign(report, loaded);
     mark("workflow_loaded_s");
+    await page.waitForTimeout(500);
+    report.opened = await page.evaluate(() => {
+      const app = window.app;
+      const ds = app.canvas.ds;
+      const rect = app.canvas.canvas.getBoundingClientRect();
+      const titleH = window.LiteGraph.NODE_TITLE_HEIGHT || 30;
+      const outside = [];
+      for (const n of app.graph._nodes) {  // screen box of each node vs the visible canvas
+        const x0 = (n.pos[0] + ds.offset[0]) * ds.scale, y0 = (n.pos[1] - titleH + ds.offset[1]) * ds.scale;
+        const x1 = x0 + n.size[0] * ds.scale, y1 = y0 + (n.size[1] + titleH) * ds.scale;
+        if (x0 < 0 || y0 < 0 || x1 > rect.width || y1 > rect.height) outside.push(`${n.id} ${n.type}`);
+      }
+      const note = app.graph._nodes.find((n) => /Note/.test(n.type));
+      const el = note && (note.widgets || []).map((w) => w.element || w.inputEl).find(Boolean);
+      let noteText = null, noteVisible = false;
+      if (el) {
+        const r = el.getBoundingClientRect();
+        const st = window.getComputedStyle(el);
+        noteVisible = r.width > 50 && r.height > 50 && st.display !== "none" && st.visibility !== "hidden";
+        noteText = (el.innerText || el.value || "").trim();
+      }
+      return { scale: ds.scale, offset: [ds.offset[0], ds.offset[1]], canvas: [rect.width, rect.height], outside, note_visible: noteVisible,
+               note_text: noteText };
+    });
+    report.opened_ds = { scale: report.opened.scale, offset: report.opened.offset };
     await page.screenshot({ path: path.join(cfg.screenshot_dir, `${cfg.name}_loaded.png`) });
     report.screenshots.push(path.join(cfg.screenshot_dir, `${cfg.name}_loaded.png`));
     if (!cfg.run) {
@@ -115,40 +144,82 @@ async function nodeClip(page, nodeId) {
       const prompt = await app.graphToPrompt();
       const leaked = Object.entries(prompt.output).filter(([, n]) => "safecut_result" in (n.inputs || {}))
         .map(([id]) => id);
-      const queued = await app.queuePrompt(0, 1);
+      let answer = null;  // the server's answer to the POST /prompt that app.queuePrompt makes
+      const post = app.api.queuePrompt.bind(app.api);
+      app.api.queuePrompt = async (...args) => (answer = await post(...args));
+      const before = app.graph._nodes.map((n) => [String(n.id), n.size[1], n.computeSize()[1]]);
+      await app.queuePrompt(0, 1);
+      app.api.queuePrompt = post;
+      const queued = answer ? { prompt_id: answer.prompt_id || null,
+                                node_errors: Object.keys(answer.node_errors || {}) } : null;
       const timeout = new Promise((r) => setTimeout(() => r({ status: "timeout" }), timeoutMs));
       const result = await Promise.race([done, timeout]);
       await new Promise((r) => setTimeout(r, 500)); // let onExecuted of the last node draw
-      return { queued, leaked_into_prompt: leaked, executed, ...result };
+      return { queued, leaked_into_prompt: leaked, executed, heights_before: before, ...result };
     }, cfg.timeout_ms);
     report.run = run;
     mark("run_finished_s");
+    // A node's image previews: node.imgs (drawn on the canvas), else the frontend's preview store (newer
+    // frontends), else DOM <img> elements of /view URLs. They load asynchronously: give Save Cutout's up to 15 s.
+    await page.evaluate(() => {
+      window.__safecutPreviews = (n) => {
+        const app = window.app;
+        let srcs = (n.imgs || []).map((i) => i.src || "");
+        const store = app.nodePreviewImages && app.nodePreviewImages[String(n.id)];
+        if (!srcs.length && Array.isArray(store)) srcs = store.map(String);
+        if (!srcs.length && n.type === "SafeCutSaveCutout") {
+          srcs = [...document.images].filter((i) => /\/view\?/.test(i.src) && i.complete).map((i) => i.src);
+        }
+        return srcs;
+      };
+    });
+    await page.waitForFunction(() => window.app.graph._nodes.filter((n) => n.type === "SafeCutSaveCutout")
+      .every((n) => {
+        const saved = Number(((n.safecutResult || "").match(/^saved (\d+)/) || [0, 0])[1]);
+        return window.__safecutPreviews(n).length >= saved;
+      }), null, { timeout: 15000 }).catch(() => {});
 
     report.results = await page.evaluate(() => {
       const app = window.app;
       const saved = app.graph.serialize();
       return app.graph._nodes.map((n) => {
         const w = (n.widgets || []).find((x) => x.name === "safecut_result");
-        const el = w && (w.inputEl || w.element);
-        let visible = false;
-        if (el) {
-          const r = el.getBoundingClientRect();
-          const style = window.getComputedStyle(el);
-          visible = r.width > 20 && r.height > 10 && style.display !== "none" && style.visibility !== "hidden"
+        const el = w && (w.element || w.inputEl);
+        const head = el && el.querySelector && el.querySelector(".safecut-head");
+        const body = el && el.querySelector && el.querySelector(".safecut-body");
+        const shown = (e) => {
+          if (!e) return false;
+          const r = e.getBoundingClientRect();
+          const style = window.getComputedStyle(e);
+          return r.width > 20 && r.height > 10 && style.display !== "none" && style.visibility !== "hidden"
             && Number(style.opacity) > 0.1;
-        }
+        };
+        const scale = app.canvas.ds.scale;
+        const multiline = (n.widgets || []).filter((x) => x.name !== "safecut_result" && x.element
+                                                           && x.element.tagName === "TEXTAREA")
+          .map((x) => ({ name: x.name, height: x.element.getBoundingClientRect().height / scale }));
+        const domText = head ? [head.textContent.trim(), body.value].filter(Boolean).join("\n")
+          : (el ? el.value : null);
         const sn = saved.nodes.find((x) => String(x.id) === String(n.id));
+        const srcs = window.__safecutPreviews(n);
         return { id: String(n.id), type: n.type, title: n.title, result: n.safecutResult ?? null,
-                 widget_value: w ? w.value : null, dom_visible: visible, dom_text: el ? el.value : null,
+                 widget_value: w ? w.value : null, dom_visible: shown(body || el), head_visible: shown(head),
+                 head_text: head ? head.textContent : null, dom_text: domText,
+                 min_height: n.computeSize()[1], multiline,
+                 previews: srcs.length, preview_srcs: srcs,
                  saved_widgets_values: sn && sn.widgets_values ? sn.widgets_values.length : null,
                  bgcolor: n.bgcolor || null, pos: [n.pos[0], n.pos[1]], size: [n.size[0], n.size[1]] };
       });
     });
 
     // Screenshots: the whole graph (fit to view), then close-ups of the nodes that show results.
-    await page.evaluate(async () => {
-      await window.app.extensionManager.command.execute("Comfy.Canvas.FitView");
-    });
+    await page.evaluate((ds) => {
+      const c = window.app.canvas;
+      c.ds.scale = ds.scale;
+      c.ds.offset[0] = ds.offset[0];
+      c.ds.offset[1] = ds.offset[1];
+      c.setDirty(true, true);
+    }, report.opened_ds);
     await page.waitForTimeout(800);
     const full = path.join(cfg.screenshot_dir, `${cfg.name}.png`);
     await page.screenshot({ path: full });
@@ -159,9 +230,10 @@ async function nodeClip(page, nodeId) {
         const app = window.app;
         const node = app.graph._nodes.find((n) => String(n.id) === String(id));
         const ds = app.canvas.ds;
-        ds.scale = 1.25;
-        ds.offset[0] = -node.pos[0] + 60;
-        ds.offset[1] = -node.pos[1] + 160;
+        const rect = app.canvas.canvas.getBoundingClientRect();
+        ds.scale = Math.min(1.25, (rect.height - 80) / (node.size[1] + 40));  // the whole node in the shot
+        ds.offset[0] = -node.pos[0] + 60 / ds.scale;
+        ds.offset[1] = -node.pos[1] + 60 / ds.scale;
         app.canvas.setDirty(true, true);
         app.canvas.draw(true, true);
       }, r.id);
