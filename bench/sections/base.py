@@ -91,7 +91,7 @@ def _unload_all():
 
 
 def _fs(st: dict) -> str:
-    from .common import fmt_stat
+    from ..common import fmt_stat
 
     return fmt_stat(st)
 

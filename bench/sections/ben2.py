@@ -15,8 +15,8 @@ def section_ben2(ctx: Ctx, sec: Section) -> None:
     from safecut import ben2
     from safecut.cache import get_cache
 
-    from .flops import count_flops
-    from .naive import NaiveBEN2
+    from ..flops import count_flops
+    from ..naive import NaiveBEN2
 
     path, int8 = ctx.paths["ben2"], ctx.paths.get("ben2_int8")
     img = make_images(1, ctx.size, seed=3)[0]

@@ -61,7 +61,7 @@ def gemm_peak(threads: int, sizes, runs: int, int8: bool = False, tmpdir: str | 
 
 
 def section_env(ctx: Ctx, sec: Section) -> None:
-    from .common import cpu_info, versions
+    from ..common import cpu_info, versions
 
     sec.data["cpu"] = cpu_info()
     sec.data["versions"] = versions()

@@ -11,7 +11,7 @@ def section_florence(ctx: Ctx, sec: Section) -> None:
 
     from safecut import florence
 
-    from .naive import NaiveFlorence
+    from ..naive import NaiveFlorence
 
     _quiet_transformers()
     path = ctx.paths["florence"]

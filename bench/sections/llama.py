@@ -62,7 +62,7 @@ def _per_caption(path: str, runs: int, **kw) -> dict:
 
 
 def section_llama(ctx: Ctx, sec: Section) -> None:
-    from .naive import NaiveClassifier
+    from ..naive import NaiveClassifier
 
     path = ctx.paths["llama_Q4_K_M"]
     runs = ctx.runs
@@ -156,7 +156,7 @@ print(json.dumps(dict(load=load, n_prompt=len(toks), prompt=stats(pp), token=sta
 
 
 def section_quant(ctx: Ctx, sec: Section) -> None:
-    from .models import LLAMA_QUANTS
+    from ..models import LLAMA_QUANTS
 
     quants = [q for q in LLAMA_QUANTS if f"llama_{q}" in ctx.paths]
     if "llama_F16" in ctx.paths and not ctx.quick:

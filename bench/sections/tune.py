@@ -241,7 +241,7 @@ def section_tune_llama(ctx: Ctx, sec: Section) -> None:
     code_path = path
     from llama_cpp import Llama
 
-    from .naive import FEW_SHOT
+    from ..naive import FEW_SHOT
 
     with quiet_fds():
         llm = Llama(model_path=code_path, n_ctx=1024, n_threads=os.cpu_count(), verbose=False)
