@@ -1,89 +1,126 @@
-"""BEN2 background removal: SafeCut vs the naive reference."""
+"""BEN2 background removal on the faithful stand-in: faithfulness vs an upstream export, SafeCut fp32 / INT8 vs a
+plain ORT session and the seeds' node, memory and warm-up; every configuration in its own fresh process."""
 from __future__ import annotations
 
+import json
 import os
-import time
+import subprocess
+import sys
 
 import numpy as np
 
-from ..common import Section, measure
-from .base import Ctx, _fs, _unload_all, make_images
+from ..common import Section, cpu_info, cpu_snapshot, foreign_cpu, load_avg
+from .base import ROOT, Ctx
+
+ISSUE_GFLOP = 2151.0          # the upstream export's count on which issue 9 was measured
 
 
-# ---- BEN2 ----------------------------------------------------------------------------------------------
+def probe(ctx: Ctx, mode: str, model: str, runs: int, mask: str = "") -> dict:
+    """One configuration in a fresh process (bench/ben2_probe.py); adds the CPU share others took meanwhile."""
+    h, w = ctx.size
+    cmd = [sys.executable, "-m", "bench.ben2_probe", mode, model, "--runs", str(runs), "--size", f"{h},{w}"]
+    if ctx.quick:
+        cmd += ["--max-warmup", "2"]
+    if mask:
+        cmd += ["--save-mask", mask]
+    snap, load = cpu_snapshot(), load_avg()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, cwd=ROOT)
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("PROBE ")), None)
+    if r.returncode != 0 or line is None:
+        raise RuntimeError(f"{mode} probe of {os.path.basename(model)} failed: {r.stderr[-1500:]}")
+    res = json.loads(line[6:])
+    res["other_share"] = foreign_cpu(snap)["other_share"]
+    res["load_before"] = load
+    return res
+
+
+def _split(fl: dict) -> dict:
+    return {k: round(v / 1e9, 1) for k, v in sorted(fl.get("by_kind", {}).items())}
+
+
+def _gflop_row(fl: dict) -> str:
+    tot = fl["total"]
+    return ", ".join(f"{k} {v / 1e9:.0f} ({v / tot * 100:.0f} %)" for k, v in
+                     sorted(fl.get("by_kind", {}).items(), key=lambda kv: -kv[1]))
+
+
+def _fmt_times(p: dict) -> str:
+    t = p["timed_s"] or p["warmup_s"][-1:]
+    rng = f" ({min(t):.2f}–{max(t):.2f}, n={len(t)})" if len(t) > 1 else f" (n={len(t)})"
+    return f"{p['steady_s']:.2f} s{rng}"
+
+
 def section_ben2(ctx: Ctx, sec: Section) -> None:
-    from safecut import ben2
-    from safecut.cache import get_cache
-
     from ..flops import count_flops
-    from ..naive import NaiveBEN2
 
-    path, int8 = ctx.paths["ben2"], ctx.paths.get("ben2_int8")
-    img = make_images(1, ctx.size, seed=3)[0]
+    path, int8, ref = ctx.paths["ben2"], ctx.paths.get("ben2_int8"), ctx.paths.get("ben2_reference")
     runs = ctx.runs if ctx.quick else ctx.heavy_runs
-    fl = count_flops(path, {"input": [1, 3, 1024, 1024]})
-    sec.data["flops"] = fl
     info = ctx.builds.get("ben2", {})
-    sec.data["model"] = {k: info.get(k) for k in ("path", "params", "bytes", "real", "description")}
-
-    # naive
-    naive = NaiveBEN2(path)
-    n = measure(lambda: naive(img), runs)
-    n["load"] = naive.load_seconds
-    del naive
-    # ours fp32 (the engine, through the cache)
-    _unload_all()
-    t0 = time.perf_counter()
-    first = ben2.remove_background([img], path, device="CPU")
-    cold_call = time.perf_counter() - t0
-    ours = measure(lambda: ben2.remove_background([img], path, device="CPU"), runs, warmup=1)
-    rep = ours["_result"]
-    # what a repeat call pays besides the model run: the cache's load time (0 on a hit) + the lookup itself
-    # (model file resolution + cache hit with its file-signature check), timed over 200 lookups
-    from safecut import modelfiles
-
-    cache = get_cache()
-    key = next(k for k in cache.keys() if k.kind == "ben2")
-    t0 = time.perf_counter()
-    for _ in range(200):
-        p = modelfiles.resolve("ben2", path)
-        with cache.use(key, lambda: None, files=[p]):
-            pass
-    overhead = (time.perf_counter() - t0) / 200
-    res = {"naive": n, "ours": ours, "ours_first_call": cold_call, "ours_load": first.load_seconds,
-           "repeat_load_seconds": rep.load_seconds, "repeat_overhead_seconds": overhead}
-    if int8 and os.path.isfile(int8):
-        _unload_all()
-        t0 = time.perf_counter()
-        fi = ben2.remove_background([img], int8, device="CPU")
-        res["int8_first_call"] = time.perf_counter() - t0
-        res["int8_load"] = fi.load_seconds
-        res["int8"] = measure(lambda: ben2.remove_background([img], int8, device="CPU"), runs, warmup=1)
-        a = np.asarray(first.masks[0])
-        b = np.asarray(res["int8"]["_result"].masks[0])
-        res["int8_mask_mae_vs_fp32"] = float(np.abs(a - b).mean())
-        res["int8_bytes"] = os.path.getsize(int8)
-    _unload_all()
-    sec.data.update(res)
-    ctx.shared["ben2"] = res
+    size = info.get("size", 1024)
+    fl = count_flops(path)
+    sec.data.update(flops=fl, model={k: info.get(k) for k in ("path", "params", "bytes", "size", "depths", "nodes",
+                                                                "exporter", "arch_version")})
     gemm = ctx.shared.get("gemm_gflops")
-    achieved = fl["total"] / ours["median"] / 1e9
-    ctx.shared["ben2_gflops"] = achieved
-    sp = n["median"] / ours["median"]
-    sec.row(what="naive (seed node: 8 intra + 2 inter threads, ORT_PARALLEL, spinning, PIL pre/post)",
-            value=_fs(n), detail=f"session load {n['load']:.2f} s")
-    sec.row(what="SafeCut fp32 (ben2.remove_background, cached session, threads = cores, no spinning)",
-            value=_fs(ours), detail=f"×{sp:.2f} vs naive; first call {cold_call:.2f} s (load {first.load_seconds:.2f} s)")
-    if "int8" in res:
-        sp8 = n["median"] / res["int8"]["median"]
-        sec.row(what="SafeCut int8 (safecut.quantize.quantize_ben2: dynamic int8 MatMul weights)", value=_fs(res["int8"]),
-                detail=f"×{sp8:.2f} vs naive, ×{ours['median'] / res['int8']['median']:.2f} vs fp32; "
-                       f"{res['int8_bytes'] / 1e6:.0f} MB; mask MAE vs fp32 {res['int8_mask_mae_vs_fp32']:.4f} (random weights)")
-    frac = (rep.load_seconds + overhead) / ours["median"]
-    sec.row(what="repeat call on the cached model: loading + lookup",
-            value=f"{(rep.load_seconds + overhead) * 1000:.2f} ms ({frac * 100:.3f} % of the call)",
-            detail=f"cache load_seconds on repeat = {rep.load_seconds:.3f} s; resolve + cache hit "
-                   f"{overhead * 1e6:.0f} µs")
-    sec.row(what=f"graph FLOPs (Conv/MatMul, bench.flops) → achieved", value=f"{achieved:.1f} GFLOP/s",
-            detail=f"{fl['total'] / 1e9:.0f} GFLOP per image" + (f"; {achieved / gemm * 100:.0f} % of this machine's "
-                                                                 f"ORT fp32 GEMM ({gemm:.0f} GFLOP/s)" if gemm else ""))
+    cpu = cpu_info()
+    simd = ", ".join(cpu.get("simd", [])) or "?"
+    configs = [("plain", "plain ORT session, default options (the stand-in)", path),
+               ("safecut", "SafeCut fp32 (ben2.remove_background: arena off, threads = cores)", path)]
+    if int8 and os.path.isfile(int8):
+        configs.append(("safecut-int8", "SafeCut INT8 (static QDQ Conv+MatMul, per-channel; experimental)", int8))
+    configs.append(("naive", "the seeds' node (8 intra + 8 inter threads, sequential, torch resize)", path))
+    if ref and os.path.isfile(ref):
+        configs.append(("reference", "plain ORT session, upstream BEN_Base export (reference)", ref))
+    masks_dir = os.path.join(ctx.out, "ben2-masks")
+    os.makedirs(masks_dir, exist_ok=True)
+    res = {}
+    for key, label, model in configs:
+        mode = {"safecut-int8": "safecut", "reference": "plain"}.get(key, key)
+        ctx.log(f"    ben2: {label} ...")
+        res[key] = probe(ctx, mode, model, runs, os.path.join(masks_dir, f"{key}.npy"))
+        res[key]["label"] = label
+    if "safecut-int8" in res:
+        a, b = (np.load(os.path.join(masks_dir, f"{k}.npy")) for k in ("safecut", "safecut-int8"))
+        res["int8_mask_mae_vs_fp32"] = float(np.abs(a - b).mean())
+        res["int8_mask_max_vs_fp32"] = float(np.abs(a - b).max())
+        res["int8_bytes"] = os.path.getsize(int8)
+    sec.data["configs"] = res
+    ctx.shared["ben2"] = res
+    fl_ref = count_flops(ref) if ref and os.path.isfile(ref) else None
+    sec.data["flops_reference"] = fl_ref
+
+    # ---- faithfulness -------------------------------------------------------------------------------
+    note = "" if size == 1024 else f" (QUICK: reduced build of the same architecture code, {size}², depths " \
+                                   f"{info.get('depths')})"
+    sec.row(table="faithfulness", what=f"stand-in FLOPs{note}", value=f"{fl['total'] / 1e9:.0f} GFLOP",
+            detail=(f"{fl['total'] / 1e9 / ISSUE_GFLOP * 100 - 100:+.1f} % vs issue 9's {ISSUE_GFLOP:.0f}; "
+                    if size == 1024 else "") + _gflop_row(fl))
+    if fl_ref:
+        sec.row(table="faithfulness", what="upstream export FLOPs", value=f"{fl_ref['total'] / 1e9:.0f} GFLOP",
+                detail=f"stand-in/upstream {fl['total'] / fl_ref['total']:.3f}; " + _gflop_row(fl_ref))
+    if "reference" in res:
+        p, r = res["plain"], res["reference"]
+        sec.row(table="faithfulness", what="plain ORT steady time, stand-in vs upstream export",
+                value=f"{p['steady_s']:.2f} s vs {r['steady_s']:.2f} s",
+                detail=f"ratio {p['steady_s'] / r['steady_s']:.3f} (target 0.85–1.15)")
+        sec.row(table="faithfulness", what="plain ORT peak RSS, stand-in vs upstream export",
+                value=f"{p['peak_mb'] / 1024:.2f} GB vs {r['peak_mb'] / 1024:.2f} GB",
+                detail=f"ratio {p['peak_mb'] / r['peak_mb']:.3f} (target 0.85–1.15)")
+    # ---- speed, memory, warm-up -----------------------------------------------------------------------
+    base = res["plain"]["steady_s"]
+    for key, _, _ in configs:
+        p = res[key]
+        gf = (fl_ref or fl)["total"] / p["steady_s"] / 1e9 if key == "reference" else fl["total"] / p["steady_s"] / 1e9
+        frac = f"; {gf / gemm * 100:.0f} % of GEMM peak" if gemm else ""
+        extra = ""
+        if key == "safecut-int8":
+            extra = f"; mask mean |Δ| vs fp32 {res['int8_mask_mae_vs_fp32']:.4f} (max {res['int8_mask_max_vs_fp32']:.3f})"
+        sec.row(table="speed", what=p["label"], steady=_fmt_times(p),
+                first_call=f"{p['first_s']:.2f} s ({p['first_s'] / p['steady_s'] * 100 - 100:+.0f} %)",
+                peak_rss=f"{p['peak_mb'] / 1024:.2f} GB", vs_plain=f"×{base / p['steady_s']:.2f}",
+                detail=f"{gf:.0f} GFLOP/s{frac}; load {p['load_s']:.1f} s; warm-ups "
+                       f"{', '.join(f'{t:.1f}' for t in p['warmup_s'])} s; others took "
+                       f"{p['other_share'] * 100:.0f} % CPU{extra}")
+    sec.notes.append(f"Image {ctx.size[1]}×{ctx.size[0]} → {size}² (static batch of 1, as the published file). Each "
+                     "row: a fresh process; load, first call, warm-ups until two calls agree within 10 % (≥ 2), "
+                     f"then {runs} timed calls (median, min–max). Peak RSS = ru_maxrss of that process. GEMM peak: "
+                     f"section env ({gemm} GFLOP/s fp32); CPU SIMD: {simd}. Random weights: speed and memory only.")
