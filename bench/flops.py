@@ -70,6 +70,9 @@ def count_flops(model, input_shapes: dict[str, list[int]] | None = None) -> dict
     by_op: dict[str, float] = defaultdict(float)
     by_kind: dict[str, float] = defaultdict(float)
     inits = {t.name for t in m.graph.initializer}
+    for node in m.graph.node:       # constants: initializers and what is computed from them alone (Transpose…)
+        if node.op_type == "Constant" or (node.input and all(i in inits for i in node.input if i)):
+            inits.update(node.output)
     in_hw = next((shapes[i.name][-1] for i in m.graph.input if len(shapes.get(i.name, [])) == 4), None)
     counted = unknown = 0
     for node in m.graph.node:
@@ -117,14 +120,17 @@ def count_flops(model, input_shapes: dict[str, list[int]] | None = None) -> dict
 
 def _kind(node, op: str, inits: set, shapes: dict, in_hw: int | None) -> str:
     """The cost split of a BEN2-like graph: weight linears (a MatMul/Gemm with a constant operand), attention
-    products (both operands computed; 'window' inside the backbone, else 'decoder'), convolutions at a quarter
+    products (both operands computed; 'window' when a side is one Swin window of tokens, else 'decoder'), convolutions at a quarter
     of the input size or more ('full-resolution') or at the views' scales."""
     if op in _CONVS or op == "ConvTranspose":
         y = shapes.get(node.output[0], [])
         return "conv full-resolution" if in_hw and y and y[-1] >= in_hw // 4 else "conv view-scale"
     if op in ("MatMulNBits", "DynamicQuantizeMatMul", "MatMulInteger") or any(i in inits for i in node.input[:4]):
         return "weight linears"
-    return "attention window (backbone)" if "backbone" in node.name else "attention decoder"
+    a = shapes.get(node.input[0], [])
+    y = shapes.get(node.output[0], [])
+    window = any(d in (v * v for v in (7, 8, 12)) for d in (y[-2:] + a[-1:]))   # Swin windows of 7², 8², 12²
+    return "attention window (backbone)" if window else "attention decoder"
 
 
 def main(argv=None) -> int:

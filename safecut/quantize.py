@@ -143,6 +143,28 @@ class _Calibration:
         pass
 
 
+def fold_identity_initializers(model) -> int:
+    """Replace ``Identity`` nodes of initializers (the exporter's de-duplicated equal constants, e.g. zero
+    biases) by initializer copies: ORT fuses Q/DQ around a Conv into QLinearConv only when its bias is a
+    constant. Returns how many."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    keep, new = [], []
+    for n in g.node:
+        if n.op_type == "Identity" and n.input and n.input[0] in inits:
+            t = type(inits[n.input[0]])()
+            t.CopyFrom(inits[n.input[0]])
+            t.name = n.output[0]
+            new.append(t)
+            continue
+        keep.append(n)
+    if new:
+        del g.node[:]
+        g.node.extend(keep)
+        g.initializer.extend(new)
+    return len(new)
+
+
 def quantize_ben2(model_name_or_path: str, output: str | None = None, *, method: str = DEFAULT_METHOD,
                   calibration: str | None = None, samples: int = CALIBRATION_SAMPLES) -> str:
     """Write an int8 copy of a BEN2 ONNX model and return its path.
@@ -164,6 +186,8 @@ def quantize_ben2(model_name_or_path: str, output: str | None = None, *, method:
     op_types, per_channel = METHODS[method]
     model = onnx.load(src)
     folded = fold_fp16_casts(model)
+    if method == "static":
+        fold_identity_initializers(model)
     big = model.ByteSize() > 1_900_000_000  # protobuf's 2 GB limit: keep weights outside
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".safecut-q-", dir=os.path.dirname(out) or ".") as tmpdir:
