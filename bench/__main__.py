@@ -38,7 +38,8 @@ def parse(argv=None):
     ap.add_argument("--ben2-reference", default=None,
                     help="an ONNX export of the upstream BEN_Base code: timed next to the stand-in (faithfulness)")
     ap.add_argument("--florence-tokens", type=int, default=32, help="new tokens per caption, naive and SafeCut")
-    ap.add_argument("--publish", action="store_true", help="copy RESULTS.md to bench/RESULTS.md")
+    ap.add_argument("--publish", action="store_true",
+                    help="copy RESULTS.md to bench/RESULTS.md and regenerate README.md's speed table")
     ap.add_argument("--fresh", action="store_true", help="forget earlier section results in OUT")
     a = ap.parse_args(argv)
     names = []
@@ -159,6 +160,8 @@ def main(argv=None) -> int:
         with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
             f.write(text)
         report.render(out, meta)
+        if not a.quick and report.publish_readme(os.path.join(ROOT, "README.md"), meta, secs):
+            log("bench: README.md speed table regenerated")
     log(f"bench: done in {meta['wall_seconds'] / 60:.1f} min; {os.path.join(out, 'RESULTS.md')}"
         + (f"; FAILED sections: {failed}" if failed else ""))
     for t in results["targets"]:

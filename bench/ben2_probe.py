@@ -8,7 +8,8 @@ MODE: ``safecut`` (``safecut.ben2.remove_background``, the engine and its cache)
 arena keeps what it grew; configurations measured in one process would charge each other.
 
 Calls: the first call after load is timed on its own; warm-up calls follow until two consecutive calls differ by
-≤ 10 % (at least 2 warm-ups including the first, at most 4); then ``runs`` timed calls.
+≤ 10 % (at least 2 warm-ups including the first, at most 4); then ``runs`` timed calls. "Steady" = the median
+of every call after the first.
 """
 from __future__ import annotations
 
@@ -104,8 +105,9 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         mask = call(img)
         timed.append(time.perf_counter() - t)
-    res.update(first_s=warm[0], warmup_s=warm, timed_s=timed, peak_mb=peak_mb(), rss_end_mb=rss_mb(),
-               steady_s=float(np.median(timed)) if timed else warm[-1])
+    steady = warm[1:] + timed        # every call after the first (the warm-ups that agreed included)
+    res.update(first_s=warm[0], warmup_s=warm, timed_s=timed, steady_samples_s=steady, peak_mb=peak_mb(),
+               rss_end_mb=rss_mb(), steady_s=float(np.median(steady)))
     if a.save_mask:
         np.save(a.save_mask, np.asarray(mask, np.float32))
     print("PROBE " + json.dumps(res), flush=True)

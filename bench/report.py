@@ -199,6 +199,38 @@ def render(out: str, meta: dict, *, with_plots: bool = True) -> str:
     return text
 
 
+README_BEGIN, README_END = "<!-- bench:speed-table (python -m bench --publish) -->", "<!-- /bench:speed-table -->"
+
+
+def readme_block(meta: dict, secs: dict) -> str:
+    """The README speed table: the targets of one run, with date, machine, SIMD flags, GEMM peak and load."""
+    cpu = _g(secs, "env", "cpu") or {}
+    gemm = _g(secs, "env", "gemm_fp32", "gflops")
+    oc = (meta.get("other_cpu") or {}).get("other_share", 0)
+    L = [README_BEGIN,
+         f"Run {meta.get('started')} (`{meta.get('command')}`, {meta.get('wall_seconds', 0) / 60:.0f} min): "
+         f"{cpu.get('cpu', '?')}, {cpu.get('cores')} cores, SIMD {', '.join(cpu.get('simd', [])) or '?'}, "
+         f"ORT fp32 GEMM peak {gemm} GFLOP/s; load average {meta.get('load_before')} → {meta.get('load_after')}, "
+         f"other processes took {oc * 100:.0f} % of the CPU meanwhile. BEN2 = SafeCut's implementation of the real "
+         f"BEN_Base architecture (random weights).", ""]
+    L += _md_table([{"target": t["target"], "measured": t["measured"], "met": "met" if t["met"] else "**not met**"}
+                    for t in targets(secs)])
+    L.append(README_END)
+    return "\n".join(L)
+
+
+def publish_readme(readme: str, meta: dict, secs: dict) -> bool:
+    """Replace the marked block of README.md; False when the markers are missing."""
+    with open(readme) as f:
+        text = f.read()
+    a, b = text.find(README_BEGIN), text.find(README_END)
+    if a < 0 or b < a:
+        return False
+    with open(readme, "w") as f:
+        f.write(text[:a] + readme_block(meta, secs) + text[b + len(README_END):])
+    return True
+
+
 def make_plots(out: str, secs: dict) -> list[str]:
     d = os.path.join(out, "plots")
     os.makedirs(d, exist_ok=True)

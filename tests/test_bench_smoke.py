@@ -125,8 +125,7 @@ def _ops(path):
 @pytest.fixture(scope="module")
 def tiny_matmul_ben2(tmp_path_factory):
     """A tiny graph with window attention + MLPs (MatMuls) + a conv decoder, for the quantizer's tests."""
-    sys.path.insert(0, ROOT)
-    from bench.synthetic_ben2 import build_tiny
+    from safecut.testkit.tiny_swin_ben2 import build_tiny
 
     return build_tiny(str(tmp_path_factory.mktemp("q") / "ben2" / "tiny-swin-ben2.onnx"))
 

@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from ..common import Section, quiet_fds, stats
-from .base import ROOT, Ctx, _fs, _quiet_transformers, _unload_all, make_images
+from .base import ROOT, Ctx, _fs, _quiet_transformers, make_images
 
 
 # ---- full pipeline ---------------------------------------------------------------------------------------
@@ -41,12 +41,41 @@ def _write_images(ctx: Ctx, n: int, name: str) -> str:
     return d
 
 
-def section_pipeline(ctx: Ctx, sec: Section) -> None:
+def run_variant(a: dict) -> dict:
+    """In a fresh process (``python -m bench.sections.pipeline JSON``): one pipeline variant, warm-up on one
+    image, then ``runs`` runs over the image folder; per-image times, stage times and the process's peak RSS."""
+    import resource
+
     from safecut import pipeline
 
     _quiet_transformers()
+    os.environ["SAFECUT_MODELS_DIR"] = a["root"]
+    opts = pipeline.Options(**a["opts"])
+    with quiet_fds():
+        t0 = time.perf_counter()
+        pipeline.run(a["warm_src"], a["out"] + "-warm", opts)
+        cold = time.perf_counter() - t0
+    samples, reports = [], []
+    for _ in range(a["runs"]):
+        with quiet_fds():
+            t0 = time.perf_counter()
+            s = pipeline.run(a["src"], a["out"], opts)
+            samples.append((time.perf_counter() - t0) / a["n"])
+        with open(s.report) as f:
+            reports = [json.loads(ln) for ln in f]
+        if s.failed:
+            raise RuntimeError(f"pipeline failed: {[r.get('error') for r in reports if r.get('error')]}")
+    timings = {}
+    for r in reports:
+        for k, v in (r.get("timings") or {}).items():
+            timings[k] = timings.get(k, 0.0) + v / len(reports)
+    return {"per_image": stats(samples), "first_run_1_image": cold, "stage_per_image": timings,
+            "verdicts": [r.get("verdict") for r in reports], "decided_by": [r.get("decided_by") for r in reports],
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def section_pipeline(ctx: Ctx, sec: Section) -> None:
     root = _models_root(ctx)
-    os.environ["SAFECUT_MODELS_DIR"] = root
     N = 2 if ctx.quick else ctx.pipeline_images
     src = _write_images(ctx, N, "pipeline-in")
     warm_src = _write_images(ctx, 1, "pipeline-warm")
@@ -55,45 +84,32 @@ def section_pipeline(ctx: Ctx, sec: Section) -> None:
     if ctx.paths.get("ben2_int8"):
         variants.append(("int8", ctx.paths["ben2_int8"]))
     runs = ctx.runs if ctx.quick else max(1, min(ctx.heavy_runs, 2))
+    gemm = ctx.shared.get("gemm_gflops")
     res = {}
     for label, ben2_path in variants:
-        opts = pipeline.Options(ben2_model=os.path.basename(ben2_path), device="CPU", batch_size=N, caption=True,
-                                florence_model=os.path.basename(ctx.paths["florence"]), task="more detailed caption",
-                                max_new_tokens=T, num_beams=3, nudenet=bool(ctx.paths.get("nudenet")), gate=True,
-                                classify=True, llm_model=os.path.basename(ctx.paths["llama_Q4_K_M"]))
-        _unload_all()
-        with quiet_fds():
-            t0 = time.perf_counter()
-            pipeline.run(warm_src, os.path.join(ctx.out, f"pipeline-out-{label}-warm"), opts)
-            cold = time.perf_counter() - t0
-        samples, reports = [], []
-        for i in range(runs):
-            out = os.path.join(ctx.out, f"pipeline-out-{label}")
-            with quiet_fds():
-                t0 = time.perf_counter()
-                s = pipeline.run(src, out, opts)
-                samples.append((time.perf_counter() - t0) / N)
-            with open(s.report) as f:
-                reports = [json.loads(ln) for ln in f]
-            if s.failed:
-                raise RuntimeError(f"pipeline failed: {[r.get('error') for r in reports if r.get('error')]}")
-        st = stats(samples)
-        timings = {}
-        for r in reports:
-            for k, v in (r.get("timings") or {}).items():
-                timings[k] = timings.get(k, 0.0) + v / len(reports)
-        res[label] = {"per_image": st, "first_run_1_image": cold, "stage_per_image": timings,
-                      "verdicts": [r.get("verdict") for r in reports], "decided_by": [r.get("decided_by") for r in reports]}
+        opts = dict(ben2_model=os.path.basename(ben2_path), device="CPU", batch_size=N, caption=True,
+                    florence_model=os.path.basename(ctx.paths["florence"]), task="more detailed caption",
+                    max_new_tokens=T, num_beams=3, nudenet=bool(ctx.paths.get("nudenet")), gate=True,
+                    classify=True, llm_model=os.path.basename(ctx.paths["llama_Q4_K_M"]))
+        args = dict(root=root, opts=opts, warm_src=warm_src, src=src, n=N, runs=runs,
+                    out=os.path.join(ctx.out, f"pipeline-out-{label}"))
+        r = subprocess.run([sys.executable, "-m", "bench.sections.pipeline", json.dumps(args)], capture_output=True,
+                           text=True, timeout=3600, cwd=ROOT)
+        line = next((ln for ln in r.stdout.splitlines() if ln.startswith("PROBE ")), None)
+        if r.returncode != 0 or line is None:
+            raise RuntimeError(f"pipeline {label} failed: {r.stderr[-1500:]}")
+        res[label] = json.loads(line[6:])
+        st, timings = res[label]["per_image"], res[label]["stage_per_image"]
         stages = ", ".join(f"{k} {v:.2f} s" for k, v in timings.items())
         sec.row(what=f"cpu-full pipeline per image, warm, BEN2 {label} (python -m safecut run: BEN2 + Florence-2 "
                      f"caption + NudeNet + gate + Llama), {N} images/run",
-                value=_fs(st), detail=stages)
-    _unload_all()
-    os.environ.pop("SAFECUT_MODELS_DIR", None)
+                value=_fs(st), peak_rss=f"{res[label]['peak_mb'] / 1024:.2f} GB", detail=stages)
     ctx.shared["pipeline"] = res
     sec.data.update(res)
-    sec.notes.append("Random-weight captions contain no gate keyword, so every image goes to the classifier (worst "
-                     "case for the gate). Stage times are the report's per-image averages.")
+    sec.notes.append("Each variant in a fresh process (peak RSS = its ru_maxrss: every model of the pipeline loaded "
+                     "in one process, as in ComfyUI). Random-weight captions contain no gate keyword, so every "
+                     "image goes to the classifier (worst case for the gate). Stage times are the report's "
+                     "per-image averages." + (f" GEMM peak of this machine: {gemm} GFLOP/s fp32." if gemm else ""))
 
 
 # ---- cold start ------------------------------------------------------------------------------------------
@@ -154,3 +170,7 @@ def section_coldstart(ctx: Ctx, sec: Section) -> None:
     sec.notes.append("total = process spawn → first result; interpreter = spawn → the bench's main() starts; "
                      "imports = onnxruntime/torch/transformers/llama_cpp + SafeCut engines; load and first = per "
                      "engine, through the engines' public calls.")
+
+
+if __name__ == "__main__":
+    print("PROBE " + json.dumps(run_variant(json.loads(sys.argv[1])), default=str), flush=True)
