@@ -159,10 +159,18 @@ def estimated_bytes(model: Ben2Model) -> int:
 
 
 def _peak_rss_bytes() -> int:
+    """The process's peak RSS (Linux VmHWM; ru_maxrss elsewhere), 0 when unknown."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     try:
         import resource
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # KiB on Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # KiB on Linux, bytes on macOS
     except (ImportError, OSError):
         return 0
 

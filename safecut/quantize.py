@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from contextlib import contextmanager
 
 from . import modelfiles
 from .deps import require
@@ -38,7 +39,7 @@ METHODS = {
     "matmul+conv": (["MatMul", "Gemm", "Conv"], False),
 }
 DEFAULT_METHOD = "static"
-CALIBRATION_SAMPLES = 2   # each is one full BEN2 run (+ range reductions): a few images suffice for min-max
+CALIBRATION_SAMPLES = 1   # generated images: one full BEN2 run per calibration pass (min-max ranges)
 
 
 def default_output(path: str) -> str:
@@ -116,21 +117,137 @@ def _load_images(folder: str, n: int) -> list:
     return [np.asarray(Image.open(os.path.join(folder, f)).convert("RGB"), np.float32) / 255.0 for f in names[:n]]
 
 
+def _reduce_right_after_producers(model) -> None:
+    """Move the calibrator's range nodes (ReduceMin/ReduceMax -> ``*_Reshape`` -> Reshape -> graph output,
+    appended after the graph's nodes) right behind the node that produces their input. ORT runs ready nodes in list order, so appended reductions ran at the very end
+    and kept every activation of the graph alive until then (3.6 GB instead of 0.8 GB at 512², killed for
+    memory at 1024²)."""
+    outputs = {o.name for o in model.graph.output}
+
+    def is_range(n) -> bool:
+        if n.op_type in ("ReduceMin", "ReduceMax"):
+            return n.output[0].endswith("_Reshape")
+        return n.op_type == "Reshape" and n.input[0].endswith("_Reshape") and n.output[0] in outputs
+
+    nodes = list(model.graph.node)
+    original, extra = [n for n in nodes if not is_range(n)], [n for n in nodes if is_range(n)]
+    after: dict[str, list] = {}
+    for n in extra:
+        after.setdefault(n.input[0] if n.input else "", []).append(n)
+    ordered = []
+
+    def emit(node):
+        ordered.append(node)
+        for o in node.output:
+            for nxt in after.pop(o, []):
+                emit(nxt)
+
+    for name in [i.name for i in model.graph.input] + [t.name for t in model.graph.initializer]:
+        for nxt in after.pop(name, []):
+            emit(nxt)
+    for node in original:
+        emit(node)
+    for rest in after.values():      # anything left (unknown inputs): keep it, at the end as before
+        ordered += rest
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
+
+
+@contextmanager
+def _lean_calibration_sessions():
+    """ORT's calibrator appends a ReduceMin/ReduceMax per activation and runs that graph with the CPU arena on;
+    at BEN2's size (0.5 GB full-resolution tensors) that was killed for memory on a 24 GB machine. Here: range
+    nodes right after their producers, arena and memory pattern off."""
+    import onnx
+    import onnxruntime
+    from onnxruntime.quantization import calibrate
+
+    original = calibrate.CalibraterBase.create_inference_session
+
+    def create_inference_session(self):
+        aug = onnx.load(self.augmented_model_path)
+        _reduce_right_after_producers(aug)
+        big = aug.ByteSize() > 1_900_000_000
+        onnx.save(aug, self.augmented_model_path, save_as_external_data=big)
+        del aug
+        so = onnxruntime.SessionOptions()
+        so.enable_cpu_mem_arena = False
+        so.enable_mem_pattern = False
+        self.infer_session = onnxruntime.InferenceSession(self.augmented_model_path, sess_options=so,
+                                                          providers=self.execution_providers)
+
+    calibrate.CalibraterBase.create_inference_session = create_inference_session
+    try:
+        yield
+    finally:
+        calibrate.CalibraterBase.create_inference_session = original
+
+
+CALIBRATION_GROUP_BYTES = 4 << 30   # activations whose ranges one calibration pass collects (see below)
+
+
+def _calibrate_in_groups(model_path: str, op_types, images: list, tmpdir: str, cache: str) -> int:
+    """Min-max ranges of every activation to quantize, written as ORT's calibration cache (JSON).
+
+    Why not ORT's one-pass calibrator: it keeps the activations it measures alive until their range nodes run,
+    which at BEN2's size (0.5 GB full-resolution tensors) was killed for memory on a 24 GB machine. Here the
+    tensors are split into groups of at most CALIBRATION_GROUP_BYTES and each group is one pass of the same
+    calibrator over the images. Returns the number of passes."""
+    import numpy as np
+    from onnxruntime.quantization.calibrate import (CalibrationMethod, MinMaxCalibrater, TensorsData,
+                                                    save_tensors_data)
+
+    aug = os.path.join(tmpdir, "augmented.onnx")
+    probe = MinMaxCalibrater(model_path, op_types, augmented_model_path=aug, use_external_data_format=True)
+    tensors, infos = probe.select_tensors_to_calibrate(probe.model)
+    order = {}
+    for i, n in enumerate(probe.model.graph.node):
+        for o in n.output:
+            order[o] = i
+    del probe
+
+    def nbytes(name: str) -> int:
+        dims = [d.dim_value for d in infos[name].type.tensor_type.shape.dim] if name in infos else []
+        return int(np.prod(dims)) * 4 if dims and all(d > 0 for d in dims) else 64 << 20
+
+    groups, cur, size = [], [], 0
+    for name in sorted(tensors, key=lambda t: order.get(t, -1)):
+        if cur and size + nbytes(name) > CALIBRATION_GROUP_BYTES:
+            groups.append(cur)
+            cur, size = [], 0
+        cur.append(name)
+        size += nbytes(name)
+    if cur:
+        groups.append(cur)
+    ranges = {}
+    with _lean_calibration_sessions():
+        for group in groups:
+            cal = MinMaxCalibrater(model_path, op_types, augmented_model_path=aug, use_external_data_format=True)
+            select, keep = cal.select_tensors_to_calibrate, set(group)
+            cal.select_tensors_to_calibrate = lambda m, select=select, keep=keep: (
+                {t for t in select(m)[0] if t in keep}, select(m)[1])
+            cal.augment_graph()
+            cal.create_inference_session()
+            cal.collect_data(_Calibration(model_path, images))
+            ranges.update(cal.compute_data().data)
+            del cal
+    save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), cache)
+    return len(groups)
+
+
 class _Calibration:
     """onnxruntime CalibrationDataReader over images preprocessed exactly as the BEN2 engine does."""
 
     def __init__(self, model_path: str, images: list):
-        import onnxruntime as ort
+        import numpy as np
+        import onnx
 
         from . import ben2
 
-        sess = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
-        inp = sess.get_inputs()[0]
-        h, w = (d if isinstance(d, int) and d > 0 else 1024 for d in inp.shape[2:])
-        del sess
+        inp = onnx.load(model_path, load_external_data=False).graph.input[0]
+        dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+        h, w = (d if d > 0 else 1024 for d in dims[2:4])
         pre = ben2.preprocess_params(model_path)
-        import numpy as np
-
         model = ben2.Ben2Model(None, inp.name, "", np.float32, (h, w), False,
                                np.asarray(pre["mean"], np.float32).reshape(1, 3, 1, 1),
                                np.asarray(pre["std"], np.float32).reshape(1, 3, 1, 1), None, model_path)
@@ -198,12 +315,13 @@ def quantize_ben2(model_name_or_path: str, output: str | None = None, *, method:
         try:
             if method == "static":
                 images = _load_images(calibration, samples) if calibration else synthetic_images(samples)
-                quantize_static(staged, tmp_out, _Calibration(staged, images), quant_format=QuantFormat.QDQ,
-                                op_types_to_quantize=op_types, per_channel=per_channel, reduce_range=False,
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                use_external_data_format=big,
-                                extra_options={"MatMulConstBOnly": False, "ActivationSymmetric": False,
-                                               "WeightSymmetric": True})
+                with _lean_calibration_sessions():
+                        quantize_static(staged, tmp_out, _Calibration(staged, images), quant_format=QuantFormat.QDQ,
+                                    op_types_to_quantize=op_types, per_channel=per_channel, reduce_range=False,
+                                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                    use_external_data_format=big,
+                                    extra_options={"MatMulConstBOnly": False, "ActivationSymmetric": False,
+                                                   "WeightSymmetric": True})
             else:
                 quantize_dynamic(staged, tmp_out, op_types_to_quantize=op_types, per_channel=per_channel,
                                  reduce_range=False, weight_type=QuantType.QInt8, use_external_data_format=big,

@@ -16,7 +16,7 @@ __all__ = ["CAPTIONS", "SAFE_SHARE", "Ctx", "make_images", "SECTIONS", "DEFAULT"
 SECTIONS = {
     "env": ("Machine and GEMM limit", section_env),
     "import": ("Pack import", section_import),
-    "ben2": ("BEN2 background removal (1024², one image)", section_ben2),
+    "ben2": ("BEN2 background removal (one image; the real architecture)", section_ben2),
     "llama": ("Llama safety classifier, per caption", section_llama),
     "quant": ("Llama quantizations (the dropdown)", section_quant),
     "florence": ("Florence-2-base captions", section_florence),

@@ -122,5 +122,5 @@ def section_ben2(ctx: Ctx, sec: Section) -> None:
                        f"{p['other_share'] * 100:.0f} % CPU{extra}")
     sec.notes.append(f"Image {ctx.size[1]}×{ctx.size[0]} → {size}² (static batch of 1, as the published file). Each "
                      "row: a fresh process; load, first call, warm-ups until two calls agree within 10 % (≥ 2), "
-                     f"then {runs} timed call(s); steady = median (min–max) of every call after the first. Peak RSS = ru_maxrss of that process. GEMM peak: "
+                     f"then {runs} timed call(s); steady = median (min–max) of every call after the first. Peak RSS = that process's VmHWM (ru_maxrss would carry the bench's own peak over exec). GEMM peak: "
                      f"section env ({gemm} GFLOP/s fp32); CPU SIMD: {simd}. Random weights: speed and memory only.")

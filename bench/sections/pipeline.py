@@ -44,9 +44,9 @@ def _write_images(ctx: Ctx, n: int, name: str) -> str:
 def run_variant(a: dict) -> dict:
     """In a fresh process (``python -m bench.sections.pipeline JSON``): one pipeline variant, warm-up on one
     image, then ``runs`` runs over the image folder; per-image times, stage times and the process's peak RSS."""
-    import resource
-
     from safecut import pipeline
+
+    from ..ben2_probe import peak_mb
 
     _quiet_transformers()
     os.environ["SAFECUT_MODELS_DIR"] = a["root"]
@@ -71,7 +71,7 @@ def run_variant(a: dict) -> dict:
             timings[k] = timings.get(k, 0.0) + v / len(reports)
     return {"per_image": stats(samples), "first_run_1_image": cold, "stage_per_image": timings,
             "verdicts": [r.get("verdict") for r in reports], "decided_by": [r.get("decided_by") for r in reports],
-            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_mb": peak_mb()}
 
 
 def section_pipeline(ctx: Ctx, sec: Section) -> None:
@@ -83,7 +83,7 @@ def section_pipeline(ctx: Ctx, sec: Section) -> None:
     variants = [("fp32", ctx.paths["ben2"])]
     if ctx.paths.get("ben2_int8"):
         variants.append(("int8", ctx.paths["ben2_int8"]))
-    runs = ctx.runs if ctx.quick else max(1, min(ctx.heavy_runs, 2))
+    runs = 1 if ctx.quick else max(1, min(ctx.heavy_runs, 2))
     gemm = ctx.shared.get("gemm_gflops")
     res = {}
     for label, ben2_path in variants:
@@ -106,7 +106,7 @@ def section_pipeline(ctx: Ctx, sec: Section) -> None:
                 value=_fs(st), peak_rss=f"{res[label]['peak_mb'] / 1024:.2f} GB", detail=stages)
     ctx.shared["pipeline"] = res
     sec.data.update(res)
-    sec.notes.append("Each variant in a fresh process (peak RSS = its ru_maxrss: every model of the pipeline loaded "
+    sec.notes.append("Each variant in a fresh process (peak RSS = its VmHWM: every model of the pipeline loaded "
                      "in one process, as in ComfyUI). Random-weight captions contain no gate keyword, so every "
                      "image goes to the classifier (worst case for the gate). Stage times are the report's "
                      "per-image averages." + (f" GEMM peak of this machine: {gemm} GFLOP/s fp32." if gemm else ""))
