@@ -27,16 +27,15 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
 import time
 
 import numpy as np
 
+from safecut.testkit import llama_vocab as vocab_finder  # shared with the tests
+
 LLAMA_QUANTS = ["Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M"]
 LLAMA_STEM = "bench-Llama-Guard-3-1B-dims"
 LLAMA_DIMS = dict(hidden=2048, layers=16, ffn=8192, heads=32, kv_heads=8, vocab=128256, ctx=8192)
-LCPP_VERSION = "0.3.36"
-VOCAB_MEMBER = "vendor/llama.cpp/models/ggml-vocab-llama-bpe.gguf"
 FLORENCE_NAME = "Florence-2-base-random"
 FLORENCE_VOCAB = 51289
 BEN2_STEM = "BEN2-standin"
@@ -102,46 +101,15 @@ def _load() -> float:
         return -1.0
 
 
-# ---- Llama-3 vocab ---------------------------------------------------------------------------------
-def _find_sdist() -> str | None:
-    env = os.environ.get("SAFECUT_LLAMA_SDIST")
-    if env and os.path.isfile(env):
-        return env
-    pattern = f"llama_cpp_python-{LCPP_VERSION}.tar.gz"
-    for hit in (glob.glob(os.path.join("/tmp/lcpp", pattern)) + glob.glob(os.path.join("/tmp", pattern))
-                + glob.glob(os.path.join(os.path.expanduser("~"), ".cache", "pip", "**", pattern), recursive=True)):
-        if os.path.isfile(hit):
-            return hit
-    return None
-
-
-def llama_vocab(root: str, log=print) -> str:
-    """Path of ggml-vocab-llama-bpe.gguf (real Llama-3 tokenizer), extracted from the llama-cpp-python sdist.
-    The sdist is found locally ($SAFECUT_LLAMA_SDIST, /tmp/lcpp, pip's cache) or fetched with pip download."""
-    out = os.path.join(root, "vocab", "ggml-vocab-llama-bpe.gguf")
-    if os.path.isfile(out):
-        return out
-    env = os.environ.get("SAFECUT_LLAMA_VOCAB")
-    if env and os.path.isfile(env):
-        return env
-    sdist = _find_sdist()
-    if sdist is None:
-        dest = os.path.join(root, "sdist")
-        os.makedirs(dest, exist_ok=True)
-        log(f"[build] pip download llama-cpp-python=={LCPP_VERSION} sdist (vocab only) ...")
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:",
-                        f"llama-cpp-python=={LCPP_VERSION}", "-d", dest], check=True,
+def _llama_vocab(root: str, log=print) -> str:
+    """The real Llama-3 vocab (see safecut.testkit.llama_vocab); the sdist is pip-downloaded when missing."""
+    try:
+        return vocab_finder.llama_vocab(root, log)
+    except FileNotFoundError:
+        log(f"[build] pip download llama-cpp-python=={vocab_finder.LCPP_VERSION} sdist (vocab only) ...")
+        subprocess.run([sys.executable, *vocab_finder.pip_download_args(os.path.join(root, "sdist"))], check=True,
                        stdout=subprocess.DEVNULL)
-        sdist = glob.glob(os.path.join(dest, "llama_cpp_python-*.tar.gz"))[0]
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with tarfile.open(sdist, "r:gz") as tf:
-        member = next(m for m in tf.getmembers() if m.name.endswith(VOCAB_MEMBER))
-        src = tf.extractfile(member)
-        tmp = out + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(src.read())
-        os.replace(tmp, out)
-    return out
+        return vocab_finder.llama_vocab(root, log)
 
 
 # ---- Llama GGUF ------------------------------------------------------------------------------------
@@ -218,7 +186,7 @@ def build_llama(root: str, quants=LLAMA_QUANTS, log=print) -> dict:
     f16 = os.path.join(d, f"{LLAMA_STEM}-F16.gguf")
     need_f16 = any(not os.path.isfile(os.path.join(d, f"{LLAMA_STEM}-{q}.gguf")) for q in quants)
     if need_f16 or os.path.isfile(f16):
-        vocab = llama_vocab(root, log)
+        vocab = _llama_vocab(root, log)
         out["F16"] = _step(m, "llama-F16", f16, lambda: write_llama_f16(f16, vocab), log)
     for q in quants:
         dst = os.path.join(d, f"{LLAMA_STEM}-{q}.gguf")

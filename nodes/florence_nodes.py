@@ -29,14 +29,15 @@ class SafeCutFlorence2Caption:
                            "it is downloaded on first use when downloads are allowed."),
             "task": combo(list(florence.TASKS), "caption",
                           "caption: one short sentence (fastest). detailed / more detailed caption: longer "
-                          "descriptions; raise max_new_tokens for them."),
+                          "descriptions (max_new_tokens 0 gives each task a limit that fits it)."),
             "device": DEVICE,
             "precision": combo(florence.PRECISIONS, "auto",
                                "auto: fp16 on CUDA, fp32 on CPU. fp16/bf16 on CPU run fp32 (they are about 4x "
                                "slower there); the precision actually used is shown in 'info'."),
-            "max_new_tokens": ("INT", {"default": 64, "min": 1, "max": 1024, "tooltip":
-                               "Longest caption in tokens: bounds the time per batch (~64 for 'caption', "
-                               "~256 for 'more detailed caption')."}),
+            "max_new_tokens": ("INT", {"default": 0, "min": 0, "max": 1024, "tooltip":
+                               "Longest caption in tokens; bounds the time per batch. 0 = the task's default "
+                               "(caption 64, detailed caption 256, more detailed caption 512). 'info' says when a "
+                               "caption was cut by this limit (its end, often where the content is, is lost)."}),
             "num_beams": ("INT", {"default": 3, "min": 1, "max": 8, "tooltip":
                           "Beam search width (3 as in Florence-2's own examples). 1 = greedy, fastest. "
                           "Decoding never samples, so results are repeatable."}),
@@ -57,8 +58,13 @@ class SafeCutFlorence2Caption:
         info = (f"Florence-2 {os.path.basename(str(model).rstrip('/'))} '{task}' on {result.device.describe()}, "
                 f"{result.dtype}{' (' + result.note + ')' if result.note else ''}: {len(frames)} caption(s) in "
                 f"{seconds:.2f}s (model load {result.load_seconds:.2f}s)")
+        cut = [i for i, c in enumerate(result.cut) if c]
+        if cut:
+            info += (f"; CUT at max_new_tokens={result.max_new_tokens}: caption(s) {', '.join(map(str, cut[:10]))}"
+                     f"{' …' if len(cut) > 10 else ''} (raise max_new_tokens)")
         return ui_result((list(result.captions), info), caption=list(result.captions),
-                         device=result.device.describe(), dtype=result.dtype, seconds=round(seconds, 3), text=info)
+                         device=result.device.describe(), dtype=result.dtype, seconds=round(seconds, 3), text=info,
+                         cut=[bool(c) for c in result.cut])
 
 
 NODE_CLASS_MAPPINGS = {"SafeCutFlorence2Caption": SafeCutFlorence2Caption}

@@ -27,8 +27,9 @@ def _flag(r) -> bool:
 
 
 class SafeCutKeywordGate:
-    DESCRIPTION = ("Decides SAFE/UNSAFE per image from its caption: safe keywords settle clear cases at once, "
-                   "unsafe keywords send the caption to the classifier (or decide UNSAFE with the strict policy), "
+    DESCRIPTION = ("Decides SAFE/UNSAFE per image from its caption: a caption whose every word is known harmless "
+                   "(SafeCut's benign vocabulary + safe_keywords) is SAFE at once; an unknown word or an unsafe "
+                   "keyword sends it to the classifier (or decides UNSAFE with the strict policy), "
                    "NudeNet hits decide UNSAFE. The classifier input is lazy: the Llama node only runs, and its "
                    "model only loads, when some image is undecided. Errors never yield SAFE.")
     CATEGORY = CATEGORY
@@ -46,9 +47,14 @@ class SafeCutKeywordGate:
         return {"required": {
             "captions": ("STRING", {"forceInput": True, "tooltip": "Captions, one per image (Florence-2 Caption)."}),
             "safe_keywords": ("STRING", {"default": gate.DEFAULT_SAFE_KEYWORDS, "multiline": True, "tooltip":
-                              "Comma/newline separated; '#' comments. Whole words, case-insensitive, plurals match."}),
+                              "Extra harmless words and phrases, added to SafeCut's benign vocabulary "
+                              "(safecut/data/benign_words.txt). A caption skips the classifier only when EVERY "
+                              "word in it is known harmless and nothing unsafe matches. Comma/newline separated; "
+                              "'#' comments; case-insensitive; plurals, -ing, -ed, -er, -ly forms match."}),
             "unsafe_keywords": ("STRING", {"default": gate.DEFAULT_UNSAFE_KEYWORDS, "multiline": True, "tooltip":
-                                "Comma/newline separated. Negation does not help: 'no weapons' still matches."}),
+                                "Comma/newline separated base forms; every inflection matches (undress = "
+                                "undressing, undressed). A match sends the caption to the classifier (review) or "
+                                "decides UNSAFE (strict). Negation does not help: 'no weapons' still matches."}),
             "policy": combo(gate.POLICIES, "review", "review: an unsafe keyword sends the caption to the classifier "
                             "(a kitchen-knife product shot is not blocked by a word). strict: UNSAFE at once."),
             "block_unsafe": ("BOOLEAN", {"default": True, "tooltip":

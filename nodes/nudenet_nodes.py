@@ -54,9 +54,10 @@ class SafeCutNudeNetDetector:
                            "640m.onnx (more accurate, 640 px, slower) and other .onnx files go in models/nudenet "
                            "(640m.onnx is downloaded on first use when downloads are allowed)."),
             "device": DEVICE,
-            "threshold": ("FLOAT", {"default": 0.5, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip":
-                          "Minimum label score for a detection. Lower flags more (and more false alarms: around "
-                          "0.3 some product photos already score); higher flags less. 0.5 is a balanced default."}),
+            "threshold": ("FLOAT", {"default": nudenet.DEFAULT_THRESHOLD, "min": 0.01, "max": 1.0, "step": 0.01,
+                          "tooltip": "Minimum label score for a detection. 0.25 is NudeNet's own: the nudenet "
+                          "package reports a detection from a score of 0.25. Higher flags less, lower flags more; "
+                          "'max_score' shows each image's highest unsafe-label score, to choose a value."}),
             "unsafe_labels": ("STRING", {"default": "\n".join(nudenet.DEFAULT_UNSAFE), "multiline": True,
                               "tooltip": LABELS_TOOLTIP}),
             "censor": combo(nudenet.CENSOR_MODES, "none",

@@ -96,6 +96,8 @@ def cmd_models(a) -> int:
                 rc = 1
         return rc
     if a.action == "verify":
+        from . import modellock
+
         rc = 0
         for kind in modelfiles.FOLDERS:
             for name in modelfiles.list_models(kind):
@@ -103,12 +105,17 @@ def cmd_models(a) -> int:
                 spec = REGISTRY.get(name)
                 try:
                     if spec:
-                        modelfiles.check_files(spec, path)
+                        modelfiles.check_files(spec, path)  # a first use: records unlocked files (TOFU)
+                    states = modellock.status(spec, path)
                     digest = modelfiles.sha256_file(path) if os.path.isfile(path) else "(directory)"
                     print(f"ok  {kind}/{name}  sha256={digest}")
+                    for f, state in states:
+                        print(f"      {state:10s} {f}")
                 except Exception as exc:
                     print(f"BAD {kind}/{name}: {exc}")
                     rc = 1
+        print("pinned: sha256 from the registry (published upstream); locked: recorded at the first download or "
+              "load (safecut-models.lock.json); unverified: not a registry file (nothing to check it against)")
         return rc
     if a.action == "quantize":
         from .quantize import quantize_ben2
@@ -142,11 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--florence-model", default="Florence-2-base-ft")
     r.add_argument("--task", default="caption", choices=["caption", "detailed caption", "more detailed caption"])
     r.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
-    r.add_argument("--max-new-tokens", type=int, default=64)
+    r.add_argument("--max-new-tokens", type=int, default=0, help="0: the task's default")
     r.add_argument("--num-beams", type=int, default=3)
     r.add_argument("--nudenet", action="store_true", help="NudeNet detector (an unsafe hit decides UNSAFE)")
     r.add_argument("--nudenet-model", default="320n.onnx")
-    r.add_argument("--nudenet-threshold", type=float, default=0.5)
+    r.add_argument("--nudenet-threshold", type=float, default=0.25, help="NudeNet's own default")
     r.add_argument("--gate", action="store_true", help="keyword gate on the captions")
     r.add_argument("--policy", default="review", choices=["review", "strict"])
     r.add_argument("--classify", action="store_true", help="Llama classifier for captions the gate can't decide")

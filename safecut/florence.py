@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -34,6 +34,10 @@ TASKS: dict[str, str] = {
     "detailed caption": "<DETAILED_CAPTION>",
     "more detailed caption": "<MORE_DETAILED_CAPTION>",
 }
+# Longest caption per task when max_new_tokens is 0 (the default). A detailed caption cut at 64 tokens loses
+# its end, where the content often is; generation stops at the end of the caption anyway, so a generous cap
+# only costs time on captions that really are that long.
+TASK_MAX_NEW_TOKENS: dict[str, int] = {"caption": 64, "detailed caption": 256, "more detailed caption": 512}
 PRECISIONS = ["auto", "fp32", "fp16", "bf16"]
 MIN_TRANSFORMERS = "4.56"
 _WEIGHT_PATTERNS = ("*.safetensors",)          # never pickled weights (pytorch_model*.bin): no torch.load
@@ -64,6 +68,8 @@ class CaptionResult:
     seconds: float                # whole call, model load included
     load_seconds: float = 0.0     # 0 when the model came from the cache
     note: str = ""                # e.g. "fp16 requested: CPU runs fp32"
+    cut: list[bool] = field(default_factory=list)  # per caption: stopped by max_new_tokens, not by its end
+    max_new_tokens: int = 0       # the limit used (the task's default when 0 was asked)
 
     def describe(self) -> str:
         return f"{self.device.describe()}, {self.dtype}" + (f" ({self.note})" if self.note else "")
@@ -78,6 +84,15 @@ def task_token(task: str) -> str:
     if key not in TASKS:
         raise BadInputError(f"task '{task}' is not one of: {', '.join(TASKS)}.")
     return TASKS[key]
+
+
+def max_tokens_for(task: str, max_new_tokens: int | None) -> int:
+    """``max_new_tokens`` (> 0), or the task's default for 0/None."""
+    n = int(max_new_tokens or 0)
+    if n > 0:
+        return n
+    key = next((k for k, v in TASKS.items() if v == task_token(task)), "caption")
+    return TASK_MAX_NEW_TOKENS[key]
 
 
 def _precision(precision: str) -> str:
@@ -236,10 +251,12 @@ def _stopping(interrupt: Callable[[], None] | None):
     return transformers.StoppingCriteriaList([_Interrupt()])
 
 
-def generate_captions(fm: FlorenceModel, images: list, task: str = "caption", *, max_new_tokens: int = 64,
+def generate_captions(fm: FlorenceModel, images: list, task: str = "caption", *, max_new_tokens: int = 0,
                       num_beams: int = 3, batch_size: int = 8, progress: Callable[[int], None] | None = None,
-                      interrupt: Callable[[], None] | None = None) -> list[str]:
-    """Caption ``images`` (HxWx3 float 0..1 or uint8) with a loaded model, ``batch_size`` per generate call."""
+                      interrupt: Callable[[], None] | None = None, cut: list | None = None) -> list[str]:
+    """Caption ``images`` (HxWx3 float 0..1 or uint8) with a loaded model, ``batch_size`` per generate call.
+    ``max_new_tokens`` 0: the task's default. ``cut``: a list that gets, per caption, whether it was stopped
+    by the token limit (no end-of-sequence token generated)."""
     torch = require("torch")
     prompt = task_token(task)
     for i, im in enumerate(images):                           # every image is checked before any work
@@ -247,8 +264,10 @@ def generate_captions(fm: FlorenceModel, images: list, task: str = "caption", *,
     step = max(1, int(batch_size or 8))
     dtype = _torch_dtype(fm.dtype)
     stopping = _stopping(interrupt)
-    gen_kwargs = dict(max_new_tokens=max(1, int(max_new_tokens)), num_beams=max(1, int(num_beams)),
+    gen_kwargs = dict(max_new_tokens=max_tokens_for(task, max_new_tokens), num_beams=max(1, int(num_beams)),
                       do_sample=False)
+    eos = getattr(getattr(fm.model, "generation_config", None), "eos_token_id", None)
+    eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
     if stopping is not None:
         gen_kwargs["stopping_criteria"] = stopping
     captions: list[str] = []
@@ -262,22 +281,26 @@ def generate_captions(fm: FlorenceModel, images: list, task: str = "caption", *,
             # skip_special_tokens also drops the <pad> that fills shorter captions of a batch
             texts = fm.processor.batch_decode(out, skip_special_tokens=True)
             captions += [" ".join(t.split()) for t in texts]
+            if cut is not None:  # position 0 is the decoder start token (BART: the eos id itself)
+                cut += [bool(eos) and not eos & set(row[1:].tolist()) for row in out]
             if progress is not None:
                 progress(len(chunk))   # ComfyUI's interrupt is also raised here, between chunks
     return captions
 
 
 def caption_images(images: list, model: str = DEFAULT_MODEL, *, task: str = "caption", device: str = "auto",
-                   precision: str = "auto", max_new_tokens: int = 64, num_beams: int = 3, batch_size: int = 8,
+                   precision: str = "auto", max_new_tokens: int = 0, num_beams: int = 3, batch_size: int = 8,
                    keep_loaded: bool = True, strict: bool = False, progress: Callable[[int], None] | None = None,
                    interrupt: Callable[[], None] | None = None) -> CaptionResult:
-    """Caption every image. ``model`` is a name in models/florence2 (or models/LLM) or, outside ComfyUI, a path."""
+    """Caption every image. ``model`` is a name in models/florence2 (or models/LLM) or, outside ComfyUI, a path.
+    ``max_new_tokens`` 0: the task's default (TASK_MAX_NEW_TOKENS)."""
     t0 = time.perf_counter()
     task_token(task)                                  # bad options and images fail before anything is loaded
     _precision(precision)
     for i, im in enumerate(images):
         _check_image(i, im)
     _require_transformers()
+    limit = max_tokens_for(task, max_new_tokens)
     path = modelfiles.resolve("florence2", model)
     cache = get_cache()
     loads_before = cache.stats()["load_seconds"]
@@ -289,11 +312,12 @@ def caption_images(images: list, model: str = DEFAULT_MODEL, *, task: str = "cap
         if len(images) == 0:
             return CaptionResult([], choice, dtype, time.perf_counter() - t0, 0.0, note)
         key = ModelKey("florence2", path, tdev, dtype, extra=("sdpa",))
+        cut: list[bool] = []
         with cache.use(key, lambda: load_model(path, tdev, dtype), size=lambda m: m.nbytes(),
                        files=model_files(path), keep_loaded=keep_loaded) as fm:
             captions = generate_captions(fm, images, task, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                                         batch_size=batch_size, progress=progress, interrupt=interrupt)
+                                         batch_size=batch_size, progress=progress, interrupt=interrupt, cut=cut)
         return CaptionResult(captions, choice, dtype, time.perf_counter() - t0,
-                             cache.stats()["load_seconds"] - loads_before, note)
+                             cache.stats()["load_seconds"] - loads_before, note, cut, limit)
 
     return providers.oom_guard("Florence-2", device, attempt, strict=strict)

@@ -1,94 +1,61 @@
 """Keyword gate: the early exit that settles clear cases without the LLM.
 
-Rules per caption (case-insensitive whole words and phrases, plurals included):
+Rules per caption (whole words and phrases, case-insensitive, any inflection: see :mod:`safecut.gate_words`):
 * NudeNet said unsafe                      -> UNSAFE (decided_by "nudenet")
 * an unsafe keyword matches                -> policy "review": UNDECIDED (the classifier decides; a
                                               "kitchen knife" product shot is not blocked by a word)
                                               policy "strict": UNSAFE at once (decided_by "keywords")
-* a safe keyword matches, nothing unsafe   -> SAFE (decided_by "keywords")
-* anything else (also empty captions)      -> UNDECIDED
+* EVERY word is known harmless, nothing    -> SAFE (decided_by "keywords")
+  unsafe matched
+* anything else: a word the gate does not  -> UNDECIDED
+  know, an empty caption
+SAFE by keywords is a closed-world rule: no list can name every unsafe word or form ("a car crash on a
+highway" has a harmless "car"), so a caption skips the classifier only when the gate knows all of its words:
+the packaged benign vocabulary (``data/benign_words.txt``: objects, materials, colours, shapes, scenery,
+food, animals, clothing, photo and style words, function words) plus the node's ``safe_keywords``.
 Negation is not a reason to skip: "no weapons visible" still matches "weapon" and goes to the classifier.
 UNDECIDED captions go to the classifier; without one, or when it fails, they are UNSAFE (fail closed).
 """
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
+
+from .gate_words import KeywordList, builtin_vocabulary, parse_list, tokens
 
 SAFE, UNSAFE, UNDECIDED = "SAFE", "UNSAFE", "UNDECIDED"
 POLICIES = ["review", "strict"]
 
-DEFAULT_SAFE_KEYWORDS = """\
-# Clearly harmless subjects: a caption matching one of these (and nothing unsafe) is SAFE without the LLM.
-product, packshot, bottle, cup, mug, chair, table, sofa, lamp, shoe, sneaker, bag, handbag, watch, jewelry,
-ring, necklace, phone, laptop, camera, headphones, toy, plush, book, vase, plant, flower, tree, fruit, vegetable,
-bread, cake, food, dish, plate, bowl, car, bicycle, building, house, bridge, landscape, mountain, beach, sea,
-ocean, lake, river, forest, field, sky, sunset, city, street, logo, icon, illustration, painting, drawing,
-still life, furniture, dog, cat, bird, horse, animal, shirt, t-shirt, jacket, dress, hat, sunglasses
+DEFAULT_SAFE_KEYWORDS = """# Extra harmless words for your images, added to SafeCut's benign vocabulary (safecut/data/benign_words.txt).
+# A caption is SAFE by keywords only when every word in it is known harmless. Comma or newline separated.
 """
 
-DEFAULT_UNSAFE_KEYWORDS = """\
-# Sensitive terms: by default they send the caption to the classifier (policy "review").
-nude, naked, nudity, topless, bottomless, nipple, genitals, penis, vagina, breast, buttocks, sex, sexual,
-porn, pornographic, erotic, explicit, lingerie, underwear, bikini, undressed,
-blood, bloody, gore, gory, wound, injury, corpse, dead body, decapitated, violence, violent, fight, assault,
-weapon, gun, pistol, rifle, firearm, shotgun, knife, blade, sword, machete, bomb, explosive, grenade, ammunition,
-drug, cocaine, heroin, meth, syringe, needle, pill, marijuana, cannabis, joint, bong,
-child, kid, minor, baby, toddler, teen, teenager, schoolgirl, schoolboy,
-suicide, self-harm, hanging, noose, swastika, nazi, terrorist, hate
+DEFAULT_UNSAFE_KEYWORDS = """# Sensitive terms, any inflection (undress = undressed, undressing). By default they send the caption to the
+# classifier (policy "review"); words listed nowhere go there too.
+nude, naked, nudity, topless, bottomless, nipple, genitals, genital, penis, vagina, breast, buttocks, crotch,
+sex, sexual, sexy, porn, pornographic, erotic, explicit, lingerie, underwear, panties, bra, thong, bikini,
+undress, undressed, striptease, stripper, seductive, provocative, aroused, orgasm, masturbate, fetish,
+bondage, intercourse, prostitute, escort,
+blood, bloody, bleed, gore, gory, guts, intestines, entrails, wound, wounded, injury, injure, injured,
+hurt, bruise, scar, burn, burned, corpse, dead, death, die, dying, body bag, decapitated, beheaded, severed,
+dismembered, mutilated, mangled, skull, carcass, slaughter, kill, killed, murder, victim,
+violence, violent, fight, assault, attack, beaten, punch, kick, stab, shoot, strangle,
+choke, torture, abuse, hostage, kidnap, riot, war, massacre, execution, crash, collision, accident, wreck,
+wreckage, explosion, explode, blast, fire, flames, burning, smoke, disaster, casualty, ambulance, stretcher,
+weapon, gun, handgun, pistol, revolver, rifle, firearm, shotgun, ammo, ammunition, bullet, knife, dagger, blade,
+sword, machete, axe, bomb, explosive, grenade, missile, sniper, armed,
+drug, drugs, cocaine, heroin, meth, methamphetamine, opioid, fentanyl, syringe, needle, inject, pill,
+powder, marijuana, cannabis, weed, joint, bong, narcotic, overdose, stoned, drunk, vomit,
+child, children, kid, minor, baby, infant, toddler, teen, teenager, underage, schoolgirl, schoolboy,
+suicide, suicidal, self-harm, slit wrist, hanging, hanged, noose, overdose, jump off,
+swastika, nazi, kkk, ku klux klan, white power, confederate flag, terrorist, terrorism, extremist, isis, hate,
+racist, slur
 """
 
 
 def parse_keywords(text: str | Sequence[str]) -> list[str]:
     """Comma/newline separated; '#' starts a comment; blanks and duplicates dropped; lower-cased."""
-    if not isinstance(text, str):
-        text = "\n".join(text)
-    out: list[str] = []
-    for line in text.splitlines():
-        line = line.split("#", 1)[0]
-        for item in line.split(","):
-            k = " ".join(item.strip().lower().split())
-            if k and k not in out:
-                out.append(k)
-    return out
-
-
-def _plural_forms(word: str) -> list[str]:
-    forms = [word, word + "s", word + "es"]
-    if word.endswith("y") and len(word) > 2 and word[-2] not in "aeiou":
-        forms.append(word[:-1] + "ies")
-    if word.endswith("fe"):
-        forms.append(word[:-2] + "ves")
-    elif word.endswith("f"):
-        forms.append(word[:-1] + "ves")
-    if word.endswith("s"):
-        forms.append(word + "es")
-    return forms
-
-
-def compile_keywords(keywords: Sequence[str]) -> re.Pattern | None:
-    """One regex for the whole list; the last word of each phrase may be plural."""
-    alts = []
-    for k in keywords:
-        words = k.split()
-        head = r"\s+".join(re.escape(w) for w in words[:-1])
-        last = "(?:" + "|".join(re.escape(f) for f in sorted(set(_plural_forms(words[-1])), key=len, reverse=True)) + ")"
-        alts.append((head + r"\s+" if head else "") + last)
-    if not alts:
-        return None
-    return re.compile(r"(?<![\w-])(?:" + "|".join(alts) + r")(?![\w-])", re.IGNORECASE)
-
-
-def _hits(pattern: re.Pattern | None, text: str) -> list[str]:
-    if pattern is None or not text:
-        return []
-    seen: list[str] = []
-    for m in pattern.finditer(text):
-        w = " ".join(m.group(0).lower().split())
-        if w not in seen:
-            seen.append(w)
-    return seen
+    return parse_list(text)
 
 
 @dataclass
@@ -98,6 +65,7 @@ class Decision:
     decided_by: str                    # keywords / nudenet / classifier / error / "" while undecided
     safe_hits: list[str] = field(default_factory=list)
     unsafe_hits: list[str] = field(default_factory=list)
+    unknown_words: list[str] = field(default_factory=list)   # words the gate does not know: the classifier decides
     p_unsafe: float | None = None
     categories: list[str] = field(default_factory=list)
     reason: str = ""
@@ -112,25 +80,48 @@ class KeywordGate:
         if policy not in POLICIES:
             raise ValueError(f"policy '{policy}' is not one of {POLICIES}")
         self.policy = policy
-        self.safe = compile_keywords(parse_keywords(safe_keywords))
-        self.unsafe = compile_keywords(parse_keywords(unsafe_keywords))
+        self.vocabulary = builtin_vocabulary().extended(parse_list(safe_keywords))
+        self.unsafe = KeywordList(parse_list(unsafe_keywords))
+
+    def words(self, caption: str) -> tuple[list[str], list[str], list[str]]:
+        """(unsafe hits, known content words, unknown words) of ``caption``, each in order, unique."""
+        toks = tokens(caption)
+        unsafe: list[str] = []
+        for i, n in self.unsafe.hits(toks):
+            _add(unsafe, " ".join(toks[i:i + n]))
+        known: list[str] = []
+        unknown: list[str] = []
+        i = 0
+        while i < len(toks):
+            n = self.vocabulary.phrase_at(toks, i)
+            if n:
+                _add(known, " ".join(toks[i:i + n]))
+                i += n
+                continue
+            kind = self.vocabulary.known(toks[i])
+            if kind == "content":
+                _add(known, toks[i])
+            elif kind is None:
+                _add(unknown, toks[i])
+            i += 1
+        return unsafe, known, unknown
 
     def decide(self, caption: str, nudenet_unsafe: bool | None = None) -> Decision:
         caption = caption if isinstance(caption, str) else ""
-        safe_hits, unsafe_hits = _hits(self.safe, caption), _hits(self.unsafe, caption)
-        d = Decision(caption, UNDECIDED, "", safe_hits, unsafe_hits)
+        unsafe_hits, safe_hits, unknown = self.words(caption)
+        d = Decision(caption, UNDECIDED, "", safe_hits, unsafe_hits, unknown)
         if nudenet_unsafe:
             d.verdict, d.decided_by, d.reason = UNSAFE, "nudenet", "NudeNet flagged exposed content"
         elif unsafe_hits and self.policy == "strict":
             d.verdict, d.decided_by, d.reason = UNSAFE, "keywords", "unsafe keyword (strict policy)"
         elif unsafe_hits:
             d.reason = "unsafe keyword: the classifier decides"
-        elif safe_hits:
-            d.verdict, d.decided_by, d.reason = SAFE, "keywords", "safe keyword, nothing unsafe"
-        elif not caption.strip():
-            d.reason = "empty caption"
+        elif not safe_hits:
+            d.reason = "empty caption" if not caption.strip() else "no harmless content word: the classifier decides"
+        elif unknown:
+            d.reason = f"words the gate does not know ({', '.join(unknown[:5])}): the classifier decides"
         else:
-            d.reason = "no keyword matched"
+            d.verdict, d.decided_by, d.reason = SAFE, "keywords", "every word is known harmless, nothing unsafe"
         return d
 
     def decide_all(self, captions: Sequence[str], nudenet: Sequence[bool | None] | None = None) -> list[Decision]:
@@ -177,6 +168,11 @@ def settle(decisions: list[Decision], classify: Callable[[list[str]], list[Any]]
         if err and d.verdict == SAFE:  # an error never yields SAFE
             _fail(d, str(err))
     return decisions
+
+
+def _add(seen: list[str], item: str) -> None:
+    if item not in seen:
+        seen.append(item)
 
 
 def _fail(d: Decision, reason: str) -> None:

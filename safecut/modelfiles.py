@@ -1,4 +1,6 @@
-"""Where model files live, how they are found, and how they are fetched (checksum-verified).
+"""Where model files live, how they are found, and how they are fetched (checksum-verified: against the
+registry's sha256 where public sources pin one, else against the lock written at the first download, see
+:mod:`safecut.modellock`).
 
 Inside ComfyUI the adapter layer registers SafeCut's folders with ``folder_paths`` and installs a
 folder provider here (``set_folder_provider``), so ``extra_model_paths.yaml`` works. Outside ComfyUI
@@ -14,6 +16,7 @@ import tempfile
 import threading
 from typing import Callable
 
+from . import modellock
 from .errors import ChecksumError, ModelNotFoundError, SafeCutError
 from .registry import REGISTRY, ModelSpec, RemoteFile
 
@@ -178,6 +181,7 @@ def check_files(spec: ModelSpec, path: str) -> None:
             verify_file(f, rf)
     elif len(spec.files) == 1:
         verify_file(path, spec.files[0])
+    modellock.verify(spec, path)  # files without a registry sha256: checked against the lock (trust on first use)
 
 
 # ---- download -----------------------------------------------------------------------------------
@@ -220,6 +224,7 @@ def download(spec: ModelSpec, dest_root: str | None = None) -> str:
                 else:
                     got = _hub_download(spec.repo_id, rf.path, spec.revision, tmp)
                 verify_file(got, rf)
+            lock_entry = modellock.entry_from_download(spec, tmp)
             if spec.is_dir:
                 shutil.rmtree(os.path.join(tmp, ".cache"), ignore_errors=True)  # hub bookkeeping
                 os.replace(tmp, final)
@@ -234,5 +239,6 @@ def download(spec: ModelSpec, dest_root: str | None = None) -> str:
                                f"Check the network or place the file by hand in {root}.") from exc
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        modellock.record(spec, final, lock_entry)
     log.warning("SafeCut: %s saved to %s", spec.name, final)
     return final

@@ -51,6 +51,10 @@ LABELS: tuple[str, ...] = (
 DEFAULT_UNSAFE: tuple[str, ...] = ("FEMALE_GENITALIA_EXPOSED", "FEMALE_BREAST_EXPOSED", "BUTTOCKS_EXPOSED",
                                    "ANUS_EXPOSED", "MALE_GENITALIA_EXPOSED")
 DEFAULT_MODEL = "320n.onnx"
+# NudeNet's own: nudenet 3.4.2 (_postprocess) keeps anchors whose best score is >= 0.2, then
+# cv2.dnn.NMSBoxes(..., score_threshold=0.25, nms_threshold=0.45) drops every box under 0.25, so a
+# detection NudeNet reports has a score of at least 0.25. SafeCut flags an image at the same score.
+DEFAULT_THRESHOLD = 0.25
 BUNDLED_MODEL = "320n.onnx"          # shipped inside the nudenet wheel
 CENSOR_MODES = ["none", "blur", "pixelate", "black"]
 NMS_IOU = 0.45
@@ -291,7 +295,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float = NMS_IOU, max_keep: i
     return np.asarray(keep, dtype=np.intp)
 
 
-def decode(raw: np.ndarray, frames: Sequence[Letterbox], *, threshold: float = 0.5,
+def decode(raw: np.ndarray, frames: Sequence[Letterbox], *, threshold: float = DEFAULT_THRESHOLD,
            labels: Sequence[str] = LABELS, unsafe_labels: Sequence[str] = DEFAULT_UNSAFE,
            iou: float = NMS_IOU, multi_label: bool = True, agnostic: bool = False) -> list[NudeResult]:
     """YOLOv8 output [B, 4+C, anchors] (model pixels) -> one NudeResult per image, boxes in original pixels."""
@@ -360,7 +364,7 @@ def _input_size(model: NudeNetModel, override: int) -> int:
     return max(STRIDE, int(math.ceil(override / STRIDE)) * STRIDE)
 
 
-def run_model(model: NudeNetModel, images: Sequence[np.ndarray], *, threshold: float = 0.5,
+def run_model(model: NudeNetModel, images: Sequence[np.ndarray], *, threshold: float = DEFAULT_THRESHOLD,
               unsafe_labels: Sequence[str] = DEFAULT_UNSAFE, batch_size: int = 0, input_size: int = 0,
               multi_label: bool = True, agnostic: bool = False,
               progress: Callable[[int], None] | None = None) -> list[NudeResult]:
@@ -386,7 +390,7 @@ def run_model(model: NudeNetModel, images: Sequence[np.ndarray], *, threshold: f
 
 
 def detect(images: Sequence[np.ndarray], *, model: str = DEFAULT_MODEL, device: str = "auto",
-           threshold: float = 0.5, unsafe_labels: str | Iterable[str] | None = DEFAULT_UNSAFE, threads: int = 0,
+           threshold: float = DEFAULT_THRESHOLD, unsafe_labels: str | Iterable[str] | None = DEFAULT_UNSAFE, threads: int = 0,
            batch_size: int = 0, input_size: int = 0, keep_loaded: bool = True, strict: bool = False,
            multi_label: bool = True, agnostic: bool = False,
            progress: Callable[[int], None] | None = None) -> NudeNetRun:
@@ -400,7 +404,7 @@ def detect(images: Sequence[np.ndarray], *, model: str = DEFAULT_MODEL, device: 
     except (TypeError, ValueError):
         raise BadInputError(f"threshold '{threshold}' is not a number between 0 and 1.") from None
     if not 0.0 < threshold <= 1.0:
-        raise BadInputError(f"threshold {threshold} is out of range: use a value in (0, 1], e.g. 0.5.")
+        raise BadInputError(f"threshold {threshold} is out of range: use a value in (0, 1], e.g. 0.25 (NudeNet's own).")
     unsafe = parse_labels(unsafe_labels)
     path = resolve_model(model)
     cache = get_cache()

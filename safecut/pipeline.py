@@ -29,11 +29,11 @@ class Options:
     florence_model: str = "Florence-2-base-ft"
     task: str = "caption"
     precision: str = "auto"
-    max_new_tokens: int = 64
+    max_new_tokens: int = 0       # 0: the task's default (florence.TASK_MAX_NEW_TOKENS)
     num_beams: int = 3
     nudenet: bool = False
     nudenet_model: str = "320n.onnx"
-    nudenet_threshold: float = 0.5
+    nudenet_threshold: float = 0.25   # NudeNet's own (safecut.nudenet.DEFAULT_THRESHOLD)
     gate: bool = False
     policy: str = "review"
     safe_keywords: str = gating.DEFAULT_SAFE_KEYWORDS

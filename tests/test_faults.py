@@ -397,7 +397,7 @@ class RaisingHandle:
                                  ValueError("Failed to create llama_context")])
 def test_gate_node_with_a_failing_classifier_fails_closed_and_nothing_unsafe_is_saved(pk, exc):
     handle = RaisingHandle(exc)
-    caps = ["a red mug on a table", "an abstract composition", "a kitchen knife on a board"]
+    caps = ["a red mug on a table", "a quokka composition", "a kitchen knife on a board"]
     names = ["mug.png", "abstract.png", "knife.png"]
     imgs = frames(3)
     out = pk.nodes["SafeCutKeywordGate"]().run(captions=caps, images=imgs, classifier=[handle], filenames=names,
@@ -521,7 +521,7 @@ def test_pipeline_stage_failure_fails_the_images_never_safe(pipe, monkeypatch, s
 def test_pipeline_classifier_failure_gives_unsafe_by_error(pipe, monkeypatch, failure):
     from safecut import guard
 
-    pipe.captions["value"] = ["an abstract composition", "a red mug on a table"]   # the 1st needs the classifier
+    pipe.captions["value"] = ["a quokka composition", "a red mug on a table"]   # the 1st needs the classifier
     fake = {"raises": _boom, "wrong count": lambda self, caps, progress=None: [],
             "no verdict": lambda self, caps, progress=None: [types.SimpleNamespace(verdict=None)] * len(caps)}
     monkeypatch.setattr(guard.SafetyClassifier, "classify", fake[failure])

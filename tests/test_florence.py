@@ -231,3 +231,17 @@ def test_node_keep_loaded_false_and_cuda_fallback(pack_flo):
     if not torch.cuda.is_available():
         assert out["ui"]["device"] == ["CPU (CUDA unavailable)"]
     assert not [k for k in pack_flo.safecut.cache.get_cache().keys() if k.kind == "florence2"]
+
+
+def test_max_new_tokens_default_is_per_task_and_cut_captions_are_reported(flo_models, pack):
+    assert florence.max_tokens_for("caption", 0) == 64
+    assert florence.max_tokens_for("more detailed caption", 0) == 512 and florence.max_tokens_for("<CAPTION>", 7) == 7
+    res = florence.caption_images(images(2), TINY, device="CPU", max_new_tokens=2, num_beams=1)
+    assert res.max_new_tokens == 2 and res.cut == [True, True]  # a random tiny model never ends in 2 tokens
+    long = florence.caption_images(images(2), TINY, device="CPU", max_new_tokens=0, num_beams=1, task="caption")
+    assert long.max_new_tokens == 64 and len(long.cut) == 2
+    node = pack.NODE_CLASS_MAPPINGS["SafeCutFlorence2Caption"]()
+    import torch
+
+    out = node.run(torch.rand(2, 32, 32, 3), TINY, "caption", "CPU", "auto", 2, 1, 8, True)
+    assert "CUT at max_new_tokens=2: caption(s) 0, 1" in out["result"][1] and out["ui"]["cut"] == [True, True]

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -19,7 +20,14 @@ TABLE = [
     ("a photo of knives", UNDECIDED, ""),                         # f -> ves plural
     ("a nude figure", UNDECIDED, ""),
     ("a dead body on the street", UNDECIDED, ""),                 # phrase
-    ("an abstract shape", UNDECIDED, ""),                         # nothing matched
+    ("an abstract shape", SAFE, "keywords"),                      # every word known harmless
+    ("a quokka on a rock", UNDECIDED, ""),                        # a word the gate does not know
+    ("a car crash on a highway", UNDECIDED, ""),                  # "car" is harmless, the caption is not
+    ("a beautiful landscape photo of a woman undressing by a lake", UNDECIDED, ""),
+    ("an explosion in a factory", UNDECIDED, ""),
+    ("three injured hikers", UNDECIDED, ""),
+    ("The image shows a white ceramic mug with a black handle on a wooden table.", SAFE, "keywords"),
+    ("Product shot of a leather HANDBAG, blurred background", SAFE, "keywords"),  # phrase + -ed form
     ("", UNDECIDED, ""),                                          # empty caption
     ("a gunboat in the harbour", UNDECIDED, ""),                  # 'gun' is not a whole word here: no match
     ("sunglasses on a beach", SAFE, "keywords"),
@@ -37,6 +45,78 @@ def test_caption_table(caption, expected, by):
 def test_hits_are_reported():
     d = KeywordGate().decide("a mug next to a gun and two pistols")
     assert d.safe_hits == ["mug"] and d.unsafe_hits == ["gun", "pistols"]
+    d = KeywordGate().decide("a red mug beside a quokka")
+    assert d.unknown_words == ["quokka"] and "quokka" in d.reason and d.verdict == UNDECIDED
+
+
+@pytest.mark.parametrize("word,forms", [
+    ("undress", ["undressing", "undressed", "undresses"]),
+    ("injure", ["injured", "injuring"]),
+    ("knife", ["knives"]),
+    ("bloody", ["bloody"]),
+    ("self harm", ["self-harm", "self harming"]),
+    ("crash", ["crashed", "crashes", "crashing"]),
+])
+def test_unsafe_keywords_match_their_inflections(word, forms):
+    g = KeywordGate("", word, policy="strict")
+    for f in forms:
+        assert g.decide(f"a photo of {f} here").verdict == UNSAFE, f
+    assert KeywordGate("", "stoned", policy="strict").decide("a stone wall").verdict != UNSAFE  # base forms only
+
+
+def test_benign_words_are_known_in_their_inflections():
+    g = KeywordGate()
+    for caption in ("two mugs", "a mountain stretching into the distance", "stacked plates", "the biggest boxes",
+                    "brightly painted houses", "t-shirts folded on shelves", "a dog running", "berries"):
+        assert g.decide(caption).verdict == SAFE, (caption, g.decide(caption))
+
+
+def test_benign_vocabulary_file_is_grouped_and_holds_no_default_unsafe_word():
+    from safecut.gate_words import VOCAB_PATH, KeywordList, builtin_vocabulary, parse_list
+
+    text = open(VOCAB_PATH, encoding="utf-8").read()
+    assert text.count("# == ") >= 10 and "# == function words ==" in text
+    v = builtin_vocabulary()
+    assert len(v.words) > 900 and {"the", "of", "with"} <= v.function
+    unsafe = KeywordList(parse_list(gate.DEFAULT_UNSAFE_KEYWORDS))
+    entries = sorted(v.words | v.function) + [" ".join(p) for b in v.phrases.values() for p in b]
+    clash = [e for e in entries if unsafe.hits(e.split())]
+    assert clash == ["hanging plant"], clash  # unsafe wins: a "hanging plant" goes to the classifier
+    for person_word in ("man", "woman", "girl", "boy", "child", "people", "body", "hand", "skin", "shot", "powder"):
+        assert v.known(person_word) is None, person_word  # left out on purpose (see the file's header)
+
+
+def _caption_set():
+    path = os.path.join(os.path.dirname(__file__), "data", "gate_captions.tsv")
+    rows = []
+    for line in open(path, encoding="utf-8"):
+        if line.strip() and not line.startswith("#"):
+            label, category, caption = line.rstrip("\n").split("\t")
+            rows.append((label, category, caption))
+    return rows
+
+
+@pytest.mark.parametrize("policy", gate.POLICIES)
+def test_labelled_caption_set_no_unsafe_caption_is_settled_safe(policy, capsys):
+    rows = _caption_set()
+    unsafe_cats = {"violence", "accident_injury", "gore", "weapons", "drugs", "nudity_sexual", "minors", "self_harm",
+                   "hate", "disguised"}
+    assert len(rows) >= 400 and {c for lab, c, _ in rows if lab == "unsafe"} == unsafe_cats
+    assert sum(lab == "unsafe" for lab, _, _ in rows) >= 0.4 * len(rows)
+    g = KeywordGate(policy=policy)
+    decisions = [(lab, cat, g.decide(cap)) for lab, cat, cap in rows]
+    false_skips = [d.caption for lab, _, d in decisions if lab == "unsafe" and d.verdict == SAFE]
+    assert false_skips == []
+    plain = [d for lab, cat, d in decisions if cat.split("_")[0] in ("product", "landscape")]
+    rate = sum(d.verdict == SAFE for d in plain) / len(plain)
+    held = [d for lab, cat, d in decisions if cat.endswith("_holdout")]
+    held_rate = sum(d.verdict == SAFE for d in held) / len(held)
+    benign = [d for lab, cat, d in decisions if lab == "safe"]
+    with capsys.disabled():
+        print(f"\n[gate/{policy}] {len(rows)} captions: unsafe settled SAFE 0; benign settled "
+              f"{sum(d.verdict == SAFE for d in benign)}/{len(benign)}; product+landscape {rate:.0%} "
+              f"(held out {held_rate:.0%})")
+    assert rate >= 0.6 and held_rate >= 0.5
 
 
 def test_strict_policy_decides_unsafe_at_once():
@@ -52,10 +132,13 @@ def test_nudenet_decides_unsafe_even_with_safe_words():
 
 
 def test_custom_lists_and_comments():
-    g = KeywordGate("widget # our products\n, gizmo", "forbidden thing")
-    assert g.decide("a shiny widgets display").verdict == SAFE
+    g = KeywordGate("widget # our products\n, gizmo, Quokka-Plush", "forbidden thing")
+    assert g.decide("a shiny widgets display").verdict == SAFE  # the safe list extends the vocabulary
+    assert g.decide("two quokka plushes on a shelf").verdict == SAFE  # phrases, hyphens, inflections
     assert g.decide("a forbidden things pile").verdict == UNDECIDED
-    assert g.decide("a mug").verdict == UNDECIDED  # default lists replaced
+    assert g.decide("a mug").verdict == SAFE  # the built-in vocabulary stays
+    assert g.decide("a knife").verdict == UNDECIDED  # the unsafe list was replaced; "knife" is still unknown
+    assert KeywordGate().decide("a widget").verdict == UNDECIDED
 
 
 def test_bad_policy_and_mismatched_nudenet():
@@ -71,7 +154,7 @@ class Result:
 
 
 def test_settle_sends_only_undecided_captions():
-    decisions = KeywordGate().decide_all(["a red mug", "a kitchen knife", "abstract", "a cat"])
+    decisions = KeywordGate().decide_all(["a red mug", "a kitchen knife", "a quokka", "a cat"])
     seen = []
 
     def classify(caps):
@@ -79,7 +162,7 @@ def test_settle_sends_only_undecided_captions():
         return [Result(SAFE, 0.1), Result(UNSAFE, 0.9)]
 
     gate.settle(decisions, classify)
-    assert seen == [["a kitchen knife", "abstract"]]
+    assert seen == [["a kitchen knife", "a quokka"]]
     assert [d.verdict for d in decisions] == [SAFE, SAFE, UNSAFE, SAFE]
     assert [d.decided_by for d in decisions] == ["keywords", "classifier", "classifier", "keywords"]
     assert decisions[2].p_unsafe == 0.9
@@ -99,7 +182,7 @@ def test_settle_never_calls_classifier_when_all_decided():
     lambda caps: [Result(SAFE, error="NaN logits")],             # an error never yields SAFE
 ])
 def test_fail_closed(classify):
-    decisions = KeywordGate().decide_all(["an abstract shape"])
+    decisions = KeywordGate().decide_all(["a quokka on a rock"])
     gate.settle(decisions, classify)
     assert decisions[0].verdict == UNSAFE and decisions[0].decided_by == "error" and decisions[0].reason
 
@@ -111,7 +194,7 @@ def test_fuzz_gate_never_crashes_and_safe_implies_no_unsafe_word(text):
     d = g.decide(text)
     assert d.verdict in (SAFE, UNDECIDED)
     if d.verdict == SAFE:
-        assert d.safe_hits and not d.unsafe_hits
+        assert d.safe_hits and not d.unsafe_hits and not d.unknown_words
 
 
 @settings(max_examples=200, deadline=None)
@@ -171,7 +254,7 @@ def test_gate_node_without_classifier_fails_closed_and_without_block_drops(pack)
     node = _node(pack)
     w = _widgets()
     w["block_unsafe"] = [False]
-    out = node.run(captions=["abstract art", "a red mug"], images=[torch.zeros(2, 4, 4, 3)], **w)
+    out = node.run(captions=["a quokka", "a red mug"], images=[torch.zeros(2, 4, 4, 3)], **w)
     verdicts, by, safe_images, _ = out["result"]
     assert verdicts == [UNSAFE, SAFE] and by == ["error", "keywords"]
     assert len(safe_images) == 1 and safe_images[0].shape == (1, 4, 4, 3)
@@ -198,3 +281,14 @@ def test_lazy_input_arrives_as_a_tuple_in_real_comfyui(pack):
 def test_malformed_nudenet_entry_counts_as_unsafe(pack, entry):
     out = _node(pack).run(captions=["a red mug", "a red cup"], nudenet=[[{"is_unsafe": False}, entry]], **_widgets())
     assert out["result"][0] == [SAFE, UNSAFE] and out["result"][1] == ["keywords", "nudenet"]
+
+
+def test_bench_gate_eval_reports_rates_and_time_saved():
+    from bench import gate_eval
+
+    res = gate_eval.evaluate(classifier_seconds=0.2)
+    review = res["policies"]["review"]
+    assert review["unsafe_settled_safe"] == 0 and res["policies"]["strict"]["unsafe_settled_safe"] == 0
+    assert review["classifier_calls_avoided"] > 100 and review["seconds_saved"] > 0
+    md = gate_eval.markdown(res)
+    assert "| product | safe |" in md and "passed in" in md

@@ -208,17 +208,40 @@ def test_kv_reuse_gives_the_same_logits_as_a_full_evaluation(llm_dir):
     assert again.p_unsafe == pytest.approx(res.p_unsafe, abs=1e-6)
     llm = llama_cpp.Llama(llm_dir["paths"]["Q4_K_M"], n_ctx=1024, n_threads=1, verbose=False)
     try:
-        parts = guard.build_prompt("guard", "llama3")
         text, _ = guard.sanitize_caption(CAPTIONS[1])
-        tokens = (llm.tokenize(parts.prefix.encode(), add_bos=True, special=True)
-                  + llm.tokenize((parts.lead + text).encode(), add_bos=False, special=False)
-                  + llm.tokenize(parts.tail.encode(), add_bos=False, special=True))
+        official = guard.render_guard(text)  # the official template, tokenised in one call: no split at all
+        tokens = (llm.tokenize(official.encode(), add_bos=False, special=True)
+                  + llm.tokenize(b"\n\n", add_bos=False, special=False))  # the model's own header close
+        assert clf.last_run["suffix_tokens"] > 0 and tokens[0] == llm.token_bos() and tokens.count(tokens[0]) == 1
         llm.eval(tokens)  # one pass, no reuse
         safe_ids, unsafe_ids = guard.answer_token_ids(llm)
         p, _ = guard.p_unsafe_from_logits(guard._read_logits(llm), safe_ids, unsafe_ids)
     finally:
         llm.close()
     assert p == pytest.approx(res.p_unsafe, abs=2e-3)
+
+
+@pytest.mark.parametrize("categories", ["", "Nudity\nWeapons"])
+def test_the_classifier_evaluates_exactly_the_official_template_tokens(llm_dir, monkeypatch, categories):
+    """What llama.cpp is fed (prefix, then caption + tail + header close) = the official Llama Guard template
+    rendered for the caption and tokenised in one call, + the model's own first output "\\n\\n"."""
+    import llama_cpp
+
+    fed = []
+    real = llama_cpp.Llama.eval
+    monkeypatch.setattr(llama_cpp.Llama, "eval", lambda self, toks: (fed.append(list(toks)), real(self, toks))[1])
+    cap = "The image shows a cat on a mat."
+    (r,) = _clf(threshold=1.0, custom_categories=categories).classify([cap])  # SAFE: no category pass
+    assert r.decided_by == "classifier" and len(fed) == 2  # the prefix (fresh model), then the suffix
+    vocab = llama_cpp.Llama(llm_dir["paths"]["Q8_0"], vocab_only=True, verbose=False)
+    try:
+        official = vocab.tokenize(guard.render_guard(cap, guard.parse_categories(categories)).encode(),
+                                  add_bos=False, special=True)
+        close = vocab.tokenize(b"\n\n", add_bos=False, special=False)
+    finally:
+        vocab.close()
+    assert fed[0] + fed[1] == official + close
+    assert official[:len(fed[0])] == fed[0]  # the cached prefix ends on a boundary of the official ids
 
 
 def test_a_changed_prompt_reuses_the_common_start(llm_dir):
@@ -401,7 +424,7 @@ def test_model_loads_once_for_many_captions_and_handles(llm_dir):
 
 
 def test_gate_settles_undecided_captions_through_the_classifier(llm_dir):
-    caps = ["a red mug on a table", "a kitchen knife on a board", "an abstract shape"]
+    caps = ["a red mug on a table", "a kitchen knife on a board", "a quokka on a rock"]
     decisions = gate.KeywordGate().decide_all(caps)
     assert gate.undecided(decisions) == [1, 2]
     gate.settle(decisions, _clf(threshold=0.0).classify)

@@ -152,3 +152,123 @@ def test_registry_entries_are_well_formed():
             assert rf.sha256 is None or (len(rf.sha256) == 64 and int(rf.sha256, 16) >= 0)
     ben = REGISTRY["BEN2_Base.onnx"]
     assert ben.files[0].sha256.startswith("22cea621") and ben.files[0].size == 222_932_053
+
+
+# ---- trust on first use (safecut/modellock.py) ---------------------------------------------------
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture()
+def hub_with_commit(monkeypatch):
+    """Like huggingface_hub with local_dir: the file plus the metadata naming the resolved commit."""
+    served, calls = {}, []
+
+    def hub(repo_id, filename, revision, dest):
+        calls.append((repo_id, filename, revision))
+        out = os.path.join(dest, filename)
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with open(out, "wb") as f:
+            f.write(served[filename])
+        meta = os.path.join(dest, ".cache", "huggingface", "download", filename + ".metadata")
+        os.makedirs(os.path.dirname(meta), exist_ok=True)
+        with open(meta, "w") as f:
+            f.write(f"{COMMIT}\n\"etag\"\n1700000000.0\n")
+        return out
+
+    monkeypatch.setattr(modelfiles, "_hub_download", hub)
+    return served, calls
+
+
+def _lock(folder):
+    import json
+
+    from safecut.modellock import LOCK_NAME
+
+    return json.load(open(folder / LOCK_NAME))
+
+
+def test_unpinned_download_is_locked_then_a_tampered_file_is_refused(models_dir, hub_with_commit, monkeypatch):
+    from safecut.modellock import LockMismatchError
+
+    data = b"gguf-bytes" * 200
+    spec = ModelSpec("Guard-Q4.gguf", "llm", "org/guard-gguf", (RemoteFile("Guard-Q4.gguf"),))
+    monkeypatch.setitem(REGISTRY, spec.name, spec)
+    hub_with_commit[0]["Guard-Q4.gguf"] = data
+    path = modelfiles.resolve("llm", spec.name, allow_download=True)
+    entry = _lock(models_dir / "LLM")[spec.name]
+    assert (entry["repo"], entry["revision"], entry["source"]) == ("org/guard-gguf", COMMIT, "download")
+    assert entry["files"]["Guard-Q4.gguf"] == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert modelfiles.resolve("llm", spec.name) == path  # a later load verifies and passes
+    tampered = bytearray(data)
+    tampered[100] ^= 1  # same size, one bit
+    with open(path, "wb") as f:
+        f.write(tampered)
+    os.utime(path, ns=(1, 1))  # a new mtime: no stale "already verified" memo
+    with pytest.raises(LockMismatchError, match="not the locked"):
+        modelfiles.resolve("llm", spec.name)
+    with open(path, "ab") as f:
+        f.write(b"x")
+    with pytest.raises(LockMismatchError, match="bytes"):
+        modelfiles.resolve("llm", spec.name)
+    from safecut import guard
+
+    monkeypatch.setitem(guard.FAMILIES, "Guard", guard.Family("Guard", ("Guard",), "guard", "llama3"))
+    (res,) = guard.SafetyClassifier("Guard", "Q4").classify(["a cat"])  # the classifier fails closed
+    assert (res.verdict, res.decided_by) == ("UNSAFE", "error") and "LockMismatchError" in res.error
+
+
+def test_file_placed_by_hand_is_locked_at_first_load(models_dir, monkeypatch):
+    from safecut.modellock import LockMismatchError
+
+    spec = ModelSpec("placed.gguf", "llm", "org/x", (RemoteFile("placed.gguf"),))
+    monkeypatch.setitem(REGISTRY, spec.name, spec)
+    (models_dir / "LLM").mkdir()
+    (models_dir / "LLM" / "placed.gguf").write_bytes(b"v1" * 50)
+    modelfiles.resolve("llm", "placed.gguf")
+    entry = _lock(models_dir / "LLM")["placed.gguf"]
+    assert entry["source"] == "disk" and entry["revision"] is None
+    (models_dir / "LLM" / "placed.gguf").write_bytes(b"v2" * 50)
+    os.utime(models_dir / "LLM" / "placed.gguf", ns=(2, 2))
+    with pytest.raises(LockMismatchError):
+        modelfiles.resolve("llm", "placed.gguf")
+
+
+def test_directory_model_locks_unpinned_files_and_verify_reports_each_state(models_dir, hub_with_commit,
+                                                                           monkeypatch, capsys):
+    from safecut import cli
+
+    files = {"config.json": b'{"a": 1}', "model.safetensors": b"w" * 64, "tokenizer.json": b"{}"}
+    weights = hashlib.sha256(files["model.safetensors"]).hexdigest()
+    spec = ModelSpec("Flo-Big", "florence2", "org/flo", (RemoteFile("config.json"),
+                                                         RemoteFile("model.safetensors", 64, weights),
+                                                         RemoteFile("tokenizer.json")), is_dir=True)
+    monkeypatch.setitem(REGISTRY, spec.name, spec)
+    hub_with_commit[0].update(files)
+    path = modelfiles.resolve("florence2", "Flo-Big", allow_download=True)
+    entry = _lock(models_dir / "florence2")["Flo-Big"]
+    assert sorted(entry["files"]) == ["config.json", "tokenizer.json"] and entry["revision"] == COMMIT
+    (models_dir / "LLM").mkdir()
+    (models_dir / "LLM" / "my-own.gguf").write_bytes(b"GGUF")
+    assert cli.main(["models", "verify"]) == 0
+    out = capsys.readouterr().out
+    assert "pinned     model.safetensors" in out and "locked     config.json" in out
+    assert "unverified my-own.gguf" in out
+    with open(os.path.join(path, "config.json"), "w") as f:
+        f.write('{"a": 2}')
+    os.utime(os.path.join(path, "config.json"), ns=(3, 3))
+    assert cli.main(["models", "verify"]) == 1
+    assert "BAD florence2/Flo-Big" in capsys.readouterr().out
+
+
+def test_which_default_model_files_are_pinned_and_which_are_locked():
+    """The README's table: what the registry pins (public sha256) and what trust on first use covers."""
+    from safecut import modellock
+    from safecut.profiles import PROFILES
+
+    names = sorted({n for files in PROFILES.values() for n in files} | {"320n.onnx"})
+    pinned = {n: [rf.path for rf in REGISTRY[n].files if rf.sha256] for n in names}
+    locked = {n: [rf.path for rf in modellock.unpinned(REGISTRY[n])] for n in names}
+    assert {n for n in names if not locked[n]} == {"BEN2_Base.onnx", "320n.onnx", "640m.onnx"}
+    assert pinned["Florence-2-base-ft"] == ["model.safetensors"] and "config.json" in locked["Florence-2-base-ft"]
+    for n in ("Llama-Guard-3-1B-Q4_K_M.gguf", "Llama-Guard-3-1B-Q8_0.gguf", "Florence-2-large-ft"):
+        assert pinned[n] == [] and locked[n], n  # no public pin found: locked at the first download

@@ -60,7 +60,7 @@ def test_gate_report_decides_what_is_saved(pack, folders):
     images, _, names, _, _ = _unwrap(N["SafeCutLoadImageBatch"]().run(
         "batch1", "*.png", "natural", 0, 2, "list", "pad", "fail", ""))
     verdicts, by, safe, report = _unwrap(N["SafeCutKeywordGate"]().run(
-        captions=["a green bottle", "an abstract shape"], safe_keywords=["bottle"], unsafe_keywords=["gun"],
+        captions=["a green bottle", "a quokka"], safe_keywords=["bottle"], unsafe_keywords=["gun"],
         policy=["review"], block_unsafe=[False], images=images, filenames=names))
     assert verdicts == ["SAFE", "UNSAFE"] and by == ["keywords", "error"]     # no classifier: fail closed
     out = N["SafeCutSaveCutout"]().save(images, ["safecut/gated"], filenames=names, report=[report],

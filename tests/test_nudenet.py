@@ -4,6 +4,7 @@ Flagged results cannot come from synthetic images, so decoding, NMS and the lett
 tested exactly with handcrafted model outputs (a fake session), and the real model is used for what it
 must NOT find, for colours, batching, sizes and devices.
 """
+import inspect
 import json
 import os
 import sys
@@ -361,7 +362,7 @@ def test_node_contract(node_mod):
     req = cls.INPUT_TYPES()["required"]
     assert [k for k in req if k != "image"] == WIDGETS and req["image"][0] == "IMAGE"
     assert req["model"][0][0] == "320n.onnx" and req["censor"][0] == ["none", "blur", "pixelate", "black"]
-    assert req["device"][0] == ["auto", "CPU", "CUDA"] and req["threshold"][1]["default"] == 0.5
+    assert req["device"][0] == ["auto", "CPU", "CUDA"] and req["threshold"][1]["default"] == 0.25
     for name, spec in req.items():
         assert spec[1].get("tooltip"), name
     assert all(l in req["unsafe_labels"][1]["tooltip"] for l in nn.LABELS)
@@ -419,3 +420,16 @@ def test_node_rejects_unknown_labels_before_loading(node_mod):
     pack_errors = sys.modules[load_pack().__name__ + ".safecut.errors"]    # the pack's own copy of the module
     with pytest.raises(pack_errors.BadInputError, match="not a NudeNet label"):
         _run(node_mod, torch.zeros(1, 8, 8, 3), unsafe_labels="FEMALE_BREAST_EXPOSED, BOOBS")
+
+
+def test_default_threshold_is_nudenets_own_score_cut():
+    """nudenet 3.4.2 itself reports a detection from a score of 0.25 (NMSBoxes score_threshold); read from
+    the installed package source so a change upstream shows up here."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("nudenet")
+    src = open(os.path.join(list(spec.submodule_search_locations)[0], "nudenet.py")).read()
+    m = re.search(r"NMSBoxes\(\s*boxes,\s*scores,\s*([0-9.]+)", src)
+    assert m and float(m.group(1)) == nn.DEFAULT_THRESHOLD == 0.25
+    assert inspect.signature(nn.detect).parameters["threshold"].default == nn.DEFAULT_THRESHOLD

@@ -43,16 +43,17 @@ def section_gate(ctx: Ctx, sec: Section) -> None:
         est = len(CAPTIONS) * naive / ((len(CAPTIONS) - settled_safe) * naive)
         sec.row(what="with the naive classifier (~{:.0f} s/caption) the same gate saves".format(naive),
                 value=f"×{est:.2f}", detail="computed: only undecided captions reach the classifier")
-    _labelled_gate_figures(ctx, sec)
+    _labelled_gate_figures(ctx, sec, ng["median"] / len(CAPTIONS))
 
 
-def _labelled_gate_figures(ctx: Ctx, sec: Section) -> None:
-    """bench/gate_eval.py (labelled captions: benign share settled, unsafe never settled, time saved), when present."""
+def _labelled_gate_figures(ctx: Ctx, sec: Section, classifier_seconds: float) -> None:
+    """bench/gate_eval.py (labelled captions: benign share settled, unsafe never settled, time saved), when
+    present; the time saved is priced with the classifier time per caption this section just measured."""
     try:
         from .. import gate_eval
     except ImportError:
         return
-    res = gate_eval.evaluate(quick=ctx.quick)
+    res = gate_eval.evaluate(quick=ctx.quick, classifier_seconds=classifier_seconds)
     sec.data["gate_eval"] = res
     sec.data["markdown"] = gate_eval.markdown(res)
 
