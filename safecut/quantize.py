@@ -20,6 +20,7 @@ the real weights: compare masks on your own images with
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import tempfile
@@ -183,7 +184,7 @@ def _lean_calibration_sessions():
         calibrate.CalibraterBase.create_inference_session = original
 
 
-CALIBRATION_GROUP_BYTES = 4 << 30   # activations whose ranges one calibration pass collects (see below)
+CALIBRATION_GROUP_BYTES = 3 << 30   # activations whose ranges one calibration pass collects (see below)
 
 
 def _calibrate_in_groups(model_path: str, op_types, images: list, tmpdir: str, cache: str) -> int:
@@ -230,7 +231,9 @@ def _calibrate_in_groups(model_path: str, op_types, images: list, tmpdir: str, c
             cal.create_inference_session()
             cal.collect_data(_Calibration(model_path, images))
             ranges.update(cal.compute_data().data)
+            cal.infer_session = cal.model = None     # free this pass's session and graph before the next
             del cal
+            gc.collect()
     save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), cache)
     return len(groups)
 
