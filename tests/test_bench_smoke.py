@@ -240,3 +240,22 @@ def test_fold_fp16_casts_makes_mixed_precision_matmuls_quantizable(tmp_path):
     assert [t.name for t in m2.graph.initializer] == ["w32"] and m2.graph.initializer[0].data_type == TensorProto.FLOAT
     out = quantize_ben2(src, str(tmp_path / "mixed.int8.onnx"), method="matmul")
     assert _ops(out) & {"MatMulInteger", "DynamicQuantizeMatMul"}
+
+
+def test_static_calibration_in_small_passes_gives_the_same_ranges(tiny_matmul_ben2, tmp_path, monkeypatch):
+    """Memory-bounded calibration (one pass per group of activations) measures the same ranges as one pass."""
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    from safecut import quantize
+
+    imgs = quantize.synthetic_images(1, (64, 64))
+    one = quantize._calibrate_in_groups(tiny_matmul_ben2, ["Conv", "MatMul"], imgs, str(tmp_path),
+                                        str(tmp_path / "one.json"))
+    monkeypatch.setattr(quantize, "CALIBRATION_GROUP_BYTES", 1)       # every activation in its own pass
+    many = quantize._calibrate_in_groups(tiny_matmul_ben2, ["Conv", "MatMul"], imgs, str(tmp_path),
+                                         str(tmp_path / "many.json"))
+    assert one == 1 and many > 5
+    a, b = (load_tensors_data(str(tmp_path / f)).data for f in ("one.json", "many.json"))
+    assert a.keys() == b.keys() and len(a) > 5
+    for k in a:
+        assert np.allclose(a[k].range_value, b[k].range_value, atol=1e-5), k
