@@ -334,6 +334,21 @@ def build_quick(root: str, log=print) -> dict:
     paths, builds = {}, {}
     build_ben2(m, root, paths, builds, None, log, size=QUICK_BEN2["size"], depths=QUICK_BEN2["depths"],
                tag=f"-quick{QUICK_BEN2['size']}")
+    from safecut.testkit.tiny_ben2 import build_tiny_ben2
+
+    tiny = os.path.join(root, "ben2", "tiny-ben2.onnx")   # the pipeline / cold-start plumbing in quick mode
+    builds["ben2-tiny"] = _step(m, "quick-ben2-tiny", tiny, lambda: build_tiny_ben2(tiny, 1024) and {}, log)
+    paths["ben2_tiny"] = tiny
+    tiny8 = os.path.join(root, "ben2", "tiny-ben2.int8.onnx")
+
+    def _q8():
+        from safecut.quantize import quantize_ben2
+
+        quantize_ben2(tiny, tiny8, method="matmul+conv")
+        return {}
+
+    builds["ben2-tiny-int8"] = _step(m, "quick-ben2-tiny-int8", tiny8, _q8, log)
+    paths["ben2_tiny_int8"] = tiny8
     f = os.path.join(root, "florence2", "tiny-florence")
     builds["florence"] = _step(m, "quick-florence", f, lambda: build_tiny_florence(f) and {}, log)
     paths["florence"] = f
