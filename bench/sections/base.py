@@ -42,7 +42,7 @@ class Ctx:
     builds: dict
     florence_tokens: int = 32
     florence_batch: int = 8
-    pipeline_images: int = 4
+    pipeline_images: int = 2     # per run (BEN2 at 1024² is ~25 s an image on 2 cores)
     log: object = print
     shared: dict = field(default_factory=dict)     # results one section hands to another
 
