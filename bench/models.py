@@ -65,8 +65,13 @@ class Manifest:
         return self.data.get(key)
 
     def put(self, key: str, value: dict) -> None:
+        try:   # merge with what another build process wrote meanwhile (it would otherwise be lost)
+            with open(self.path) as f:
+                self.data = dict(json.load(f), **{k: v for k, v in self.data.items()})
+        except (OSError, ValueError):
+            pass
         self.data[key] = value
-        tmp = self.path + ".tmp"
+        tmp = f"{self.path}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
             json.dump(self.data, f, indent=1)
         os.replace(tmp, self.path)
