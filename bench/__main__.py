@@ -1,7 +1,7 @@
 """``python -m bench``: SafeCut vs the naive reference, real-size models, this machine.
 
   python -m bench                       # default sections, real-size models (built + cached on first use)
-  python -m bench --quick               # tiny models, < 2 min (CI smoke test)
+  python -m bench --quick               # tiny models + a reduced BEN2 build (384², depths 2/2/2/2), CI smoke test
   python -m bench --only ben2,llama     # some sections; 'tune' = all tuning sweeps
   python -m bench --runs 5 --heavy-runs 3 --ben2 /path/BEN2_Base.onnx --out bench/results
 
@@ -34,9 +34,12 @@ def parse(argv=None):
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--models-dir", default=None, help="model cache (default ~/.cache/safecut-bench or "
                                                        "$SAFECUT_BENCH_MODELS)")
-    ap.add_argument("--ben2", default=None, help="the real BEN2_Base.onnx (else a synthetic stand-in)")
+    ap.add_argument("--ben2", default=None, help="the real BEN2_Base.onnx (else the stand-in of bench/ben2_arch.py)")
+    ap.add_argument("--ben2-reference", default=None,
+                    help="an ONNX export of the upstream BEN_Base code: timed next to the stand-in (faithfulness)")
     ap.add_argument("--florence-tokens", type=int, default=32, help="new tokens per caption, naive and SafeCut")
-    ap.add_argument("--publish", action="store_true", help="copy RESULTS.md to bench/RESULTS.md")
+    ap.add_argument("--publish", action="store_true",
+                    help="copy RESULTS.md to bench/RESULTS.md and regenerate README.md's speed table")
     ap.add_argument("--fresh", action="store_true", help="forget earlier section results in OUT")
     a = ap.parse_args(argv)
     names = []
@@ -100,7 +103,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     builds = Section("builds", "Model builds (timed; cached on disk)")
     try:
-        built = models.build_quick(root, log) if a.quick else models.build_all(root, set(a.sections), a.ben2, log)
+        built = models.build_quick(root, log) if a.quick else models.build_all(root, set(a.sections), a.ben2, log,
+                                                                                     reference=a.ben2_reference)
     except Exception as exc:
         traceback.print_exc()
         print(f"bench: building the models failed: {exc}", file=sys.stderr)
@@ -156,6 +160,8 @@ def main(argv=None) -> int:
         with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
             f.write(text)
         report.render(out, meta)
+        if not a.quick and report.publish_readme(os.path.join(ROOT, "README.md"), meta, secs):
+            log("bench: README.md speed table regenerated")
     log(f"bench: done in {meta['wall_seconds'] / 60:.1f} min; {os.path.join(out, 'RESULTS.md')}"
         + (f"; FAILED sections: {failed}" if failed else ""))
     for t in results["targets"]:

@@ -68,6 +68,12 @@ def count_flops(model, input_shapes: dict[str, list[int]] | None = None) -> dict
         if d is not None:
             shapes[vi.name] = d
     by_op: dict[str, float] = defaultdict(float)
+    by_kind: dict[str, float] = defaultdict(float)
+    inits = {t.name for t in m.graph.initializer}
+    for node in m.graph.node:       # constants: initializers and what is computed from them alone (Transpose…)
+        if node.op_type == "Constant" or (node.input and all(i in inits for i in node.input if i)):
+            inits.update(node.output)
+    in_hw = next((shapes[i.name][-1] for i in m.graph.input if len(shapes.get(i.name, [])) == 4), None)
     counted = unknown = 0
     for node in m.graph.node:
         op = node.op_type
@@ -106,8 +112,25 @@ def count_flops(model, input_shapes: dict[str, list[int]] | None = None) -> dict
             unknown += 1
             continue
         by_op[op] += 2.0 * macs
+        by_kind[_kind(node, op, inits, shapes, in_hw)] += 2.0 * macs
         counted += 1
-    return {"total": float(sum(by_op.values())), "by_op": dict(by_op), "nodes": counted, "unknown": unknown}
+    return {"total": float(sum(by_op.values())), "by_op": dict(by_op), "by_kind": dict(by_kind), "nodes": counted,
+            "unknown": unknown}
+
+
+def _kind(node, op: str, inits: set, shapes: dict, in_hw: int | None) -> str:
+    """The cost split of a BEN2-like graph: weight linears (a MatMul/Gemm with a constant operand), attention
+    products (both operands computed; 'window' when a side is one Swin window of tokens, else 'decoder'), convolutions at a quarter
+    of the input size or more ('full-resolution') or at the views' scales."""
+    if op in _CONVS or op == "ConvTranspose":
+        y = shapes.get(node.output[0], [])
+        return "conv full-resolution" if in_hw and y and y[-1] >= in_hw // 4 else "conv view-scale"
+    if op in ("MatMulNBits", "DynamicQuantizeMatMul", "MatMulInteger") or any(i in inits for i in node.input[:4]):
+        return "weight linears"
+    a = shapes.get(node.input[0], [])
+    y = shapes.get(node.output[0], [])
+    window = any(d in (v * v for v in (7, 8, 12)) for d in (y[-2:] + a[-1:]))   # Swin windows of 7², 8², 12²
+    return "attention window (backbone)" if window else "attention decoder"
 
 
 def main(argv=None) -> int:
@@ -118,6 +141,7 @@ def main(argv=None) -> int:
     shapes = {s.split("=")[0]: [int(v) for v in s.split("=")[1].split(",")] for s in a.shape}
     r = count_flops(a.model, shapes or None)
     r["GFLOPs"] = round(r["total"] / 1e9, 2)
+    r["GFLOPs_by_kind"] = {k: round(v / 1e9, 1) for k, v in sorted(r["by_kind"].items())}
     json.dump(r, sys.stdout, indent=1)
     print()
     return 0

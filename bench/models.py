@@ -11,8 +11,10 @@ Real-size models (default ``~/.cache/safecut-bench``, override with ``--models-d
 * ``florence2/Florence-2-base-random`` — ``Florence2ForConditionalGeneration`` with the real
   Florence-2-base dimensions (DaViT 1/1/9/1, dims 128..1024; BART 6+6 layers, d_model 768; 231 M params),
   random init, and a byte-level BPE tokenizer trained here, padded to the real vocabulary size 51,289.
-* ``ben2/BEN2-synthetic.onnx`` — see :mod:`bench.synthetic_ben2` (the real ``BEN2_Base.onnx`` is used
-  instead when ``--ben2 PATH`` is given); ``BEN2-synthetic.int8.onnx`` from :func:`safecut.quantize.quantize_ben2`.
+* ``ben2/BEN2-standin-v{N}.onnx`` — SafeCut's own implementation of the BEN_Base architecture, random
+  seeded weights, the published file's I/O (:mod:`bench.ben2_arch`; the real ``BEN2_Base.onnx`` is used
+  instead when ``--ben2 PATH`` is given); ``*.int8.onnx`` from :func:`safecut.quantize.quantize_ben2`
+  (static QDQ). ``--ben2-reference PATH``: an export of the upstream code, timed next to the stand-in.
 * NudeNet: the ``320n.onnx`` bundled with the ``nudenet`` package (real weights).
 
 Quick mode uses the project's test kits (tiny models) under ``<models>/quick``.
@@ -36,7 +38,8 @@ LLAMA_STEM = "bench-Llama-Guard-3-1B-dims"
 LLAMA_DIMS = dict(hidden=2048, layers=16, ffn=8192, heads=32, kv_heads=8, vocab=128256, ctx=8192)
 FLORENCE_NAME = "Florence-2-base-random"
 FLORENCE_VOCAB = 51289
-BEN2_NAME = "BEN2-synthetic.onnx"
+BEN2_STEM = "BEN2-standin"
+QUICK_BEN2 = {"size": 384, "depths": (2, 2, 2, 2)}   # quick bench: the same architecture code, reduced
 BUILD_VERSION = 1
 
 
@@ -62,8 +65,13 @@ class Manifest:
         return self.data.get(key)
 
     def put(self, key: str, value: dict) -> None:
+        try:   # merge with what another build process wrote meanwhile (it would otherwise be lost)
+            with open(self.path) as f:
+                self.data = dict(json.load(f), **{k: v for k, v in self.data.items()})
+        except (OSError, ValueError):
+            pass
         self.data[key] = value
-        tmp = self.path + ".tmp"
+        tmp = f"{self.path}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
             json.dump(self.data, f, indent=1)
         os.replace(tmp, self.path)
@@ -268,33 +276,42 @@ def build_florence_base(dest: str, seed: int = 0) -> dict:
 
 
 # ---- entry points ---------------------------------------------------------------------------------
-def build_all(root: str, sections: set[str], ben2_path: str | None = None, log=print) -> dict:
-    """Build (or find cached) what ``sections`` need. Returns {"paths": {...}, "builds": {...}}."""
-    from . import synthetic_ben2
+def build_ben2(m: "Manifest", root: str, paths: dict, builds: dict, ben2_path: str | None, log, *,
+               size: int = 1024, depths=None, tag: str = "") -> None:
+    """The BEN2 stand-in (or the given real file) and its static INT8 copy, into ``paths``/``builds``."""
+    from . import ben2_arch
 
+    depths = tuple(depths or ben2_arch.DEPTHS)
+    if ben2_path:
+        paths["ben2"] = os.path.abspath(ben2_path)
+        builds["ben2"] = {"path": paths["ben2"], "real": True, "bytes": _size(paths["ben2"]), "cached": True,
+                          "seconds": 0.0, "size": size}
+    else:
+        p = os.path.join(root, "ben2", f"{BEN2_STEM}{tag}-v{ben2_arch.ARCH_VERSION}.onnx")
+        builds["ben2"] = _step(m, os.path.basename(p), p, lambda: ben2_arch.build(p, size, depths), log)
+        paths["ben2"] = p
+    int8 = os.path.join(root, "ben2", os.path.splitext(os.path.basename(paths["ben2"]))[0] + ".int8.onnx")
+
+    def _q(src=paths["ben2"], dst=int8):
+        from safecut.quantize import CALIBRATION_SAMPLES, quantize_ben2
+
+        quantize_ben2(src, dst)
+        return {"method": f"safecut.quantize static QDQ (Conv+MatMul, per-channel int8 weights, uint8 activations, "
+                          f"{CALIBRATION_SAMPLES} synthetic calibration images)"}
+
+    builds["ben2-int8"] = _step(m, "ben2-int8-static:" + os.path.basename(paths["ben2"]), int8, _q, log)
+    paths["ben2_int8"] = int8
+
+
+def build_all(root: str, sections: set[str], ben2_path: str | None = None, log=print,
+              reference: str | None = None) -> dict:
+    """Build (or find cached) what ``sections`` need. Returns {"paths": {...}, "builds": {...}}."""
     m = Manifest(root)
     paths, builds = {}, {}
-    if sections & {"ben2", "pipeline", "coldstart", "tune-ben2", "flops"}:
-        if ben2_path:
-            paths["ben2"] = os.path.abspath(ben2_path)
-            builds["ben2"] = {"path": paths["ben2"], "real": True, "bytes": _size(paths["ben2"]), "cached": True,
-                              "seconds": 0.0}
-        else:
-            p = os.path.join(root, "ben2", BEN2_NAME)
-            builds["ben2"] = _step(m, "ben2-synthetic", p, lambda: synthetic_ben2.build(p), log)
-            paths["ben2"] = p
-        int8 = os.path.splitext(paths["ben2"])[0] + ".int8.onnx"
-        if ben2_path and os.path.dirname(int8) != os.path.join(root, "ben2"):
-            int8 = os.path.join(root, "ben2", os.path.basename(int8))
-
-        def _q(src=paths["ben2"], dst=int8):
-            from safecut.quantize import quantize_ben2
-
-            quantize_ben2(src, dst)
-            return {"method": "onnxruntime.quantization.quantize_dynamic, QOperator, int8 weights (MatMul/Gemm)"}
-
-        builds["ben2-int8"] = _step(m, "ben2-int8:" + os.path.basename(paths["ben2"]), int8, _q, log)
-        paths["ben2_int8"] = int8
+    if sections & {"ben2", "pipeline", "coldstart", "tune-ben2", "tune-int8", "flops"}:
+        build_ben2(m, root, paths, builds, ben2_path, log)
+        if reference:
+            paths["ben2_reference"] = os.path.abspath(reference)
     if sections & {"florence", "pipeline", "coldstart", "tune-florence"}:
         p = os.path.join(root, "florence2", FLORENCE_NAME)
         builds["florence"] = _step(m, "florence-base", p, lambda: build_florence_base(p), log)
@@ -315,25 +332,28 @@ def build_all(root: str, sections: set[str], ben2_path: str | None = None, log=p
 
 def build_quick(root: str, log=print) -> dict:
     """Tiny models of the test kits (quick mode / CI smoke test)."""
-    from safecut.testkit.tiny_ben2 import build_tiny_ben2
     from safecut.testkit.tiny_florence import build_tiny_florence
     from safecut.testkit.tiny_gguf import QUANTS, build_tiny_gguf
 
     m = Manifest(root)
     paths, builds = {}, {}
-    p = os.path.join(root, "ben2", "tiny-ben2.onnx")
-    builds["ben2"] = _step(m, "quick-ben2", p, lambda: build_tiny_ben2(p, 1024, dynamic_batch=True) and {}, log)
-    paths["ben2"] = p
-    q = os.path.join(root, "ben2", "tiny-ben2.int8.onnx")
+    build_ben2(m, root, paths, builds, None, log, size=QUICK_BEN2["size"], depths=QUICK_BEN2["depths"],
+               tag=f"-quick{QUICK_BEN2['size']}")
+    from safecut.testkit.tiny_ben2 import build_tiny_ben2
 
-    def _q():
+    tiny = os.path.join(root, "ben2", "tiny-ben2.onnx")   # the pipeline / cold-start plumbing in quick mode
+    builds["ben2-tiny"] = _step(m, "quick-ben2-tiny", tiny, lambda: build_tiny_ben2(tiny, 1024) and {}, log)
+    paths["ben2_tiny"] = tiny
+    tiny8 = os.path.join(root, "ben2", "tiny-ben2.int8.onnx")
+
+    def _q8():
         from safecut.quantize import quantize_ben2
 
-        quantize_ben2(p, q)
+        quantize_ben2(tiny, tiny8, method="matmul+conv")
         return {}
 
-    builds["ben2-int8"] = _step(m, "quick-ben2-int8", q, _q, log)
-    paths["ben2_int8"] = q
+    builds["ben2-tiny-int8"] = _step(m, "quick-ben2-tiny-int8", tiny8, _q8, log)
+    paths["ben2_tiny_int8"] = tiny8
     f = os.path.join(root, "florence2", "tiny-florence")
     builds["florence"] = _step(m, "quick-florence", f, lambda: build_tiny_florence(f) and {}, log)
     paths["florence"] = f

@@ -2,11 +2,11 @@
 ComfyUI_LocalJSONExtractor, with kijai's Florence-2 node defaults), rewritten here for the bench.
 Same model files as SafeCut's engines, same machine, same run.
 
-* BEN2 (``NaiveBEN2``): one ORT session kept by the node, SessionOptions from the seed's CPU guide:
-  ``intra_op_num_threads=8``, ``inter_op_num_threads=2``, ``ORT_PARALLEL``, intra/inter spinning on,
-  ``ORT_ENABLE_ALL``, whatever the core count; PIL pre/post-processing: float image -> uint8 PIL ->
-  ``resize((1024,1024), BILINEAR)`` -> /255 -> NCHW; output -> float32 -> min-max -> uint8 PIL 'L' ->
-  bilinear resize to the original size -> /255 -> RGBA.
+* BEN2 (``NaiveBEN2``): the seeds' node as it is: one ORT session kept by the node, threads from the
+  image's ``OMP_NUM_THREADS=8`` for both ``intra_op_num_threads`` and ``inter_op_num_threads`` (8 + 8,
+  whatever the core count), ORT's default sequential execution and spinning, ``ORT_ENABLE_ALL``, the default
+  CPU arena; torch pre/post-processing: IMAGE tensor -> NCHW -> ``F.interpolate(1024², bilinear)`` -> ORT ->
+  float32 -> ``F.interpolate`` back to the image size (bilinear) -> min-max -> RGBA.
 * Classifier (``NaiveClassifier``): llama-cpp-python text completion, a few-shot prompt with three JSON
   examples (~190 prompt tokens), ``max_tokens=300``, ``temperature=0.1``, no stop at the closing brace,
   llama-cpp-python's default threads (n_threads = cores // 2 for generation, all cores for the prompt),
@@ -30,35 +30,34 @@ import numpy as np
 
 
 class NaiveBEN2:
+    THREADS = 8   # the seeds' Docker image: OMP_NUM_THREADS=8, read by the node for intra and inter threads
+
     def __init__(self, path: str):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = 8
-        so.inter_op_num_threads = 2
-        so.execution_mode = ort.ExecutionMode.ORT_PARALLEL
-        so.add_session_config_entry("session.intra_op.allow_spinning", "1")
-        so.add_session_config_entry("session.inter_op.allow_spinning", "1")
+        so.intra_op_num_threads = self.THREADS
+        so.inter_op_num_threads = self.THREADS
         t0 = time.perf_counter()
         self.session = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
         self.load_seconds = time.perf_counter() - t0
-        self.input_name = self.session.get_inputs()[0].name
+        inp = self.session.get_inputs()[0]
+        self.input_name, self.size = inp.name, tuple(inp.shape[2:])
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """HxWx3 float 0..1 -> HxWx4 float RGBA (the seed node's IMAGE output)."""
-        from PIL import Image
+        import torch
+        import torch.nn.functional as F
 
         h, w = image.shape[:2]
-        pil = Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8), "RGB")
-        x = np.asarray(pil.resize((1024, 1024), Image.BILINEAR), dtype=np.float32) / 255.0
-        x = x.transpose(2, 0, 1)[None]
-        out = self.session.run(None, {self.input_name: x})[0]
-        m = np.asarray(out, np.float32)[0, 0]
+        t = torch.from_numpy(np.ascontiguousarray(image[..., :3])).permute(2, 0, 1)[None].float()
+        x = F.interpolate(t, size=self.size, mode="bilinear", align_corners=False)
+        out = self.session.run(None, {self.input_name: x.numpy()})[0]
+        m = F.interpolate(torch.from_numpy(np.asarray(out, np.float32)), size=(h, w), mode="bilinear",
+                          align_corners=False)[0, 0]
         m = (m - m.min()) / (m.max() - m.min() + 1e-8)
-        mask = Image.fromarray((m * 255).astype(np.uint8), "L").resize((w, h), Image.BILINEAR)
-        a = np.asarray(mask, np.float32) / 255.0
-        return np.concatenate([image[..., :3], a[..., None]], axis=-1)
+        return np.concatenate([image[..., :3], m.numpy()[..., None]], axis=-1)
 
 
 # ---- Llama classifier --------------------------------------------------------------------------------

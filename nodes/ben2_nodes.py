@@ -12,7 +12,10 @@ from .common import CATEGORY, DEVICE, KEEP_LOADED, THREADS, Progress, combo, ima
 
 class SafeCutBEN2RemoveBackground:
     DESCRIPTION = ("Cuts the subject out with BEN2 (ONNX Runtime). Outputs the cutout on the chosen background, "
-                   "the subject MASK (1 = subject) and the RGBA cutout for SafeCut Save Cutout.")
+                   "the subject MASK (1 = subject) and the RGBA cutout for SafeCut Save Cutout. The published "
+                   "BEN2_Base.onnx has a static batch of 1: images run one per model call (no batching gain). "
+                   "*.int8.onnx files (python -m safecut models quantize) are experimental: not yet checked on "
+                   "the real weights.")
     CATEGORY = CATEGORY
     FUNCTION = "run"
     RETURN_TYPES = ("IMAGE", "MASK", "IMAGE", "STRING")
@@ -28,7 +31,9 @@ class SafeCutBEN2RemoveBackground:
             "image": ("IMAGE", {"tooltip": "Images to cut out (a batch or a list)."}),
             "model": combo(modelfiles.choices("ben2"), ben2.DEFAULT_MODEL,
                            "BEN2 ONNX file from models/ben2 (or models/ben2_onnx). Not on disk yet: it is "
-                           "downloaded on first use when downloads are allowed."),
+                           "downloaded on first use when downloads are allowed. *.int8.onnx (made by `python -m "
+                           "safecut models quantize`) is EXPERIMENTAL: faster on CPU, mask quality not yet checked "
+                           "on the real weights."),
             "provider": DEVICE,
             "threads": THREADS,
             "background": combo(ben2.BACKGROUNDS, "alpha",
@@ -41,7 +46,9 @@ class SafeCutBEN2RemoveBackground:
             "keep_model_loaded": KEEP_LOADED,
         }, "optional": {
             "batch_size": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip":
-                           "Images per model call; 0 = auto (2 on CPU, 4 on CUDA)."}),
+                           "Images per model call for models with a dynamic batch; 0 = auto (2 on CPU, 4 on "
+                           "CUDA). The published BEN2_Base.onnx has a static batch of 1: it always runs one image "
+                           "per call, whatever this says."}),
         }}
 
     def run(self, image, model, provider, threads, background, custom_color, refine_edges, keep_model_loaded,

@@ -23,6 +23,14 @@ from .registry import REGISTRY
 BACKGROUNDS = ["alpha", "white", "black", "custom"]
 DEFAULT_MODEL = "BEN2_Base.onnx"
 _DEFAULT_PRE = {"size": 1024, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+# ORT CPU memory: BEN2 at 1024² is a one-shot graph with 0.5 GB full-resolution tensors. ORT's arena keeps
+# every block it ever grew (8.2 GB peak on the real architecture, +38 % time on the second call while it
+# grows); without it tensors are malloc'ed/freed per run: ~2-3 GB peak, same speed (bench "BEN2 memory").
+ORT_MEMORY = {"cpu_arena": False, "mem_pattern": False}
+# What a loaded BEN2 holds besides its weights, per input pixel of one image, measured as the peak RSS
+# growth of load + first run minus the file size (bench section ben2, real architecture at 1024²). The cache
+# charges file size + this x H x W until the first run measures the real growth.
+ACTIVATION_BYTES_PER_PIXEL = 2300
 
 
 @dataclass
@@ -37,6 +45,8 @@ class Ben2Model:
     std: np.ndarray
     device: providers.DeviceChoice
     path: str
+    measured_bytes: int = 0          # peak RSS growth of load + first run (0 until measured)
+    measured_bytes_base: int = 0     # the process's peak RSS before the load
 
     def close(self) -> None:
         self.session = None          # ORT frees the session's memory when the last reference goes
@@ -81,7 +91,7 @@ def _optimized_cache_path(model_path: str) -> str | None:
 
 def load_model(path: str, device: str = "auto", threads: int = 0, *, strict: bool = False) -> Ben2Model:
     sess, choice = providers.create_ort_session(path, device, threads=threads, strict=strict,
-                                                optimized_cache=_optimized_cache_path(path))
+                                                optimized_cache=_optimized_cache_path(path), **ORT_MEMORY)
     inputs, outputs = sess.get_inputs(), sess.get_outputs()
     out_shape = list(outputs[0].shape) if outputs else []
     mask_like = len(out_shape) == 4 and not (isinstance(out_shape[1], int) and out_shape[1] != 1)
@@ -138,6 +148,33 @@ def _check_image(i: int, im) -> tuple[int, int]:
     return a.shape[0], a.shape[1]
 
 
+def estimated_bytes(model: Ben2Model) -> int:
+    """What the cache charges for a loaded BEN2: the measured peak growth once known, else file + activations."""
+    try:
+        weights = os.path.getsize(model.path)
+    except OSError:
+        weights = 0
+    estimate = weights + ACTIVATION_BYTES_PER_PIXEL * model.size[0] * model.size[1]
+    return max(estimate, model.measured_bytes)
+
+
+def _peak_rss_bytes() -> int:
+    """The process's peak RSS (Linux VmHWM; ru_maxrss elsewhere), 0 when unknown."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # KiB on Linux, bytes on macOS
+    except (ImportError, OSError):
+        return 0
+
+
 def run_model(model: Ben2Model, images: list[np.ndarray], batch_size: int = 0,
               progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
     sizes = [_check_image(i, im) for i, im in enumerate(images)]
@@ -146,10 +183,33 @@ def run_model(model: Ben2Model, images: list[np.ndarray], batch_size: int = 0,
     for s in range(0, len(images), step):
         chunk = images[s:s + step]
         raw = model.session.run([model.output_name], {model.input_name: preprocess(chunk, model)})[0]
+        got = int(np.shape(raw)[0]) if np.ndim(raw) >= 3 else 0
+        if got != len(chunk):   # a short batch would silently drop images (and their safety verdicts)
+            raise SafeCutError(f"BEN2 model '{os.path.basename(model.path)}' returned {got} mask(s) for "
+                               f"{len(chunk)} image(s): it does not produce one mask per input image. Use the "
+                               f"published BEN2_Base.onnx or a model with a [N,1,H,W] output.")
         masks += postprocess(raw, sizes[s:s + step])
         if progress is not None:
             progress(len(chunk))   # also where ComfyUI's interrupt is raised: between chunks
     return masks
+
+
+def model_key(path: str, device: str, threads: int = 0) -> ModelKey:
+    return ModelKey("ben2", path, providers.normalize(device), "", providers.default_threads(threads))
+
+
+def _load_measured(path: str, device: str, threads: int, strict: bool) -> Ben2Model:
+    base = _peak_rss_bytes()
+    m = load_model(path, device, threads, strict=strict)
+    m.measured_bytes_base = base
+    return m
+
+
+def preload(model: str = DEFAULT_MODEL, device: str = "CPU", threads: int = 0) -> Ben2Model:
+    """Load a BEN2 model into the cache without running it (bench, warm starts)."""
+    path = modelfiles.resolve("ben2", model)
+    return get_cache().get(model_key(path, device, threads), lambda: _load_measured(path, device, threads, False),
+                           size=estimated_bytes, files=[path])
 
 
 def remove_background(images: list[np.ndarray], model: str = DEFAULT_MODEL, *, device: str = "auto",
@@ -161,11 +221,16 @@ def remove_background(images: list[np.ndarray], model: str = DEFAULT_MODEL, *, d
     t0 = time.perf_counter()
 
     def attempt(dev: str) -> Ben2Run:
-        key = ModelKey("ben2", path, providers.normalize(dev), "", providers.default_threads(threads))
-        with cache.use(key, lambda: load_model(path, dev, threads, strict=strict), files=[path],
+        key = model_key(path, dev, threads)
+        with cache.use(key, lambda: _load_measured(path, dev, threads, strict), size=estimated_bytes, files=[path],
                        keep_loaded=keep_loaded) as m:
             providers.refuse_fallback(m.device, strict)
+            first = not m.measured_bytes and m.device.used == "CPU"
             masks = run_model(m, images, batch_size, progress)
+            if first:   # charge the cache what load + first run really took (a process-wide high-water mark:
+                # only its growth counts, and never less than the estimate)
+                m.measured_bytes = max(1, _peak_rss_bytes() - m.measured_bytes_base)
+                cache.resize(key, estimated_bytes(m))
             choice = m.device
         return Ben2Run(masks, choice, time.perf_counter() - t0, cache.stats()["load_seconds"] - loads_before)
 

@@ -118,6 +118,17 @@ class ModelCache:
             if not keep_loaded:
                 self.discard(key)
 
+    def resize(self, key: ModelKey, nbytes: int) -> None:
+        """Charge a loaded model a new size (e.g. measured after its first run) and evict others if now over
+        budget. The model itself is protected: it is in use by whoever measured it."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return
+            entry.size = int(nbytes)
+            to_close = self._evict_over_budget(protect=key)
+        self._close_all(to_close)
+
     def discard(self, key: ModelKey) -> bool:
         with self._lock:
             entry = self._entries.pop(key, None)

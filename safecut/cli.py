@@ -120,7 +120,7 @@ def cmd_models(a) -> int:
     if a.action == "quantize":
         from .quantize import quantize_ben2
 
-        out = quantize_ben2(a.names[0], a.output)
+        out = quantize_ben2(a.names[0], a.output, method=a.method, calibration=a.calibration)
         print(out)
         return 0
     return 2
@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--profile", choices=["cpu-fast", "cpu-full", "gpu-full"])
     m.add_argument("--models", help="models root (default: $SAFECUT_MODELS_DIR or ./models)")
     m.add_argument("--output", help="quantize: output file")
+    m.add_argument("--method", default="static", help="quantize: static (calibrated QDQ, default), matmul, "
+                                                      "matmul-per-channel, matmul+conv (dynamic)")
+    m.add_argument("--calibration", help="quantize (static): a folder of a few of your images to calibrate on")
     m.set_defaults(func=cmd_models)
 
     try:

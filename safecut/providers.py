@@ -116,9 +116,15 @@ def _preload_cuda(ort) -> None:
         warn_once(f"onnxruntime could not preload CUDA libraries ({exc})")
 
 
-def session_options(threads: int = 0, *, spinning: bool | None = None, optimized_path: str | None = None):
+def session_options(threads: int = 0, *, spinning: bool | None = None, optimized_path: str | None = None,
+                    cpu_arena: bool = True, mem_pattern: bool = True):
+    """``cpu_arena=False``: tensors are malloc'ed and freed per run instead of kept in ORT's growing CPU arena
+    (for big one-shot graphs like BEN2 at 1024², the arena doubles peak memory and slows the second call
+    while it grows). ``mem_pattern=False``: no pre-planned block per input shape either."""
     ort = require("onnxruntime")
     so = ort.SessionOptions()
+    so.enable_cpu_mem_arena = cpu_arena
+    so.enable_mem_pattern = mem_pattern
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3  # errors only: SafeCut reports provider fallbacks itself, once
     so.intra_op_num_threads = default_threads(threads)
@@ -133,7 +139,7 @@ def session_options(threads: int = 0, *, spinning: bool | None = None, optimized
 
 
 def create_ort_session(model, requested: str = "auto", *, threads: int = 0, strict: bool = False,
-                       optimized_cache: str | None = None):
+                       optimized_cache: str | None = None, **memory):
     """Create an InferenceSession and report the provider it really got.
 
     ``model`` is a path or serialized bytes. ``optimized_cache`` is a path where ORT's optimized
@@ -151,14 +157,14 @@ def create_ort_session(model, requested: str = "auto", *, threads: int = 0, stri
             source = optimized_cache
         else:
             opt_path = optimized_cache
-    so = session_options(threads, optimized_path=opt_path)
+    so = session_options(threads, optimized_path=opt_path, **memory)
     try:
         with warnings.catch_warnings():  # ORT's own "provider not available" warning: we report it ourselves
             warnings.simplefilter("ignore", UserWarning)
             sess = ort.InferenceSession(source, sess_options=so, providers=providers)
     except Exception as exc:
         if source is not model:  # a stale/broken optimized graph must not block loading the real model
-            sess = ort.InferenceSession(model, sess_options=session_options(threads), providers=providers)
+            sess = ort.InferenceSession(model, sess_options=session_options(threads, **memory), providers=providers)
         else:
             raise _explain_onnx_error(model, exc) from exc
     got = sess.get_providers()[0]

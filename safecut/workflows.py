@@ -111,8 +111,8 @@ Cuts the subject out of every image in **input/{INPUT_FOLDER}/** and saves RGBA 
   `python -m safecut models fetch BEN2_Base.onnx` fetches it by hand).
 * The BEN2 node shows the device it really used. Switch to GPU with
   `python -m safecut workflow to-gpu this.json gpu.json`.
-* BEN2's *batch_size* counts when the loader's *mode* is `batch` (one tensor); in `list` mode every image keeps
-  its own size and is cut out on its own.
+* BEN2 runs one image per model call: the published `BEN2_Base.onnx` has a static batch of 1, so
+  *batch_size* only matters for a model with a dynamic batch dimension.
 """
 
 NOTE_FULL_CPU = f"""# SafeCut — CPU full (cut-out + caption + verdict)
@@ -126,7 +126,7 @@ Load → **BEN2** cut-out → **Florence-2** caption (fp32 on CPU) → **Keyword
 * Models: `python -m safecut models fetch --profile cpu-full`.
 * **What batch does**: Florence-2 gets the whole list in one run and captions *batch_size* images per
   generate call (×1.19 per image at 8 on 2 CPU cores; more on a GPU). NudeNet runs one image at a time:
-  batching it measured no faster on CPU. BEN2's *batch_size* counts only in the loader's `batch` mode.
+  batching it measured no faster on CPU. BEN2 runs one image per call (static batch of 1).
 """
 
 NOTE_FULL_GPU = f"""# SafeCut — GPU full

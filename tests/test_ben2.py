@@ -129,3 +129,71 @@ def test_node_cuda_request_reports_fallback(pack, tiny_ben2_path, monkeypatch):
     node = pack.NODE_CLASS_MAPPINGS["SafeCutBEN2RemoveBackground"]()
     out = node.run(torch.from_numpy(subject_image()[None]), TINY_BEN2, "CUDA", 1, "alpha", "", False, False)
     assert out["ui"]["device"] == ["CPU (CUDA unavailable)"]
+
+
+def _short_batch_model(path: str) -> str:
+    """A BEN2-shaped ONNX (dynamic batch) that returns only the first image's mask: a model bug to catch."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("ReduceMean", ["input", "axes"], ["m"], keepdims=1),
+             helper.make_node("Slice", ["m", "start", "end", "axes0"], ["first"]),
+             helper.make_node("Sigmoid", ["first"], ["s"]),
+             helper.make_node("Cast", ["s"], ["output"], to=TensorProto.FLOAT16)]
+    inits = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+             (("axes", [1]), ("start", [0]), ("end", [1]), ("axes0", [0]))]
+    g = helper.make_graph(nodes, "short", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 32, 32])],
+                          [helper.make_tensor_value_info("output", TensorProto.FLOAT16, [1, 1, 32, 32])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 8
+    onnx.save(m, path)
+    return path
+
+
+def test_a_short_model_output_is_an_error_not_a_shorter_batch(tmp_path):
+    from safecut.errors import SafeCutError
+
+    path = _short_batch_model(str(tmp_path / "short.onnx"))
+    one = ben2.remove_background([subject_image()], path, device="CPU", keep_loaded=False)
+    assert len(one.masks) == 1                                   # one image in, one mask out: fine
+    with pytest.raises(SafeCutError, match="returned 1 mask\\(s\\) for 2 image\\(s\\)"):
+        ben2.remove_background([subject_image()] * 2, path, device="CPU", batch_size=2, keep_loaded=False)
+
+
+def test_ben2_session_runs_without_the_cpu_arena(ben2_dir):
+    """The arena would keep every block it grew (2x the peak of a one-shot 1024² graph, a slow second call)."""
+    m = ben2.load_model(ben2_dir, "CPU")
+    from safecut import providers
+
+    so = providers.session_options(1, **ben2.ORT_MEMORY)
+    assert so.enable_cpu_mem_arena is False and so.enable_mem_pattern is False
+    assert providers.session_options(1).enable_cpu_mem_arena is True       # other models keep ORT's default
+    assert m.session.get_session_options().enable_cpu_mem_arena is False
+
+
+def test_cache_charges_ben2_its_activations_then_its_measured_growth(ben2_dir, monkeypatch):
+    cache = get_cache()
+    cache.unload()
+    m = ben2.load_model(ben2_dir, "CPU")
+    est = ben2.estimated_bytes(m)
+    assert est == os.path.getsize(ben2_dir) + ben2.ACTIVATION_BYTES_PER_PIXEL * 1024 * 1024   # not the file size
+    m.measured_bytes = est * 3
+    assert ben2.estimated_bytes(m) == est * 3                    # a measured growth above the estimate wins
+    # through the engine: the first run re-charges the entry with what the process grew by (faked here)
+    peaks = iter([10 << 30, 30 << 30])                           # before the load, after the first run
+    monkeypatch.setattr(ben2, "_peak_rss_bytes", lambda: next(peaks, 30 << 30))
+    ben2.remove_background([subject_image()], TINY_BEN2, device="CPU")
+    entry = next(e for e in cache.stats()["models"] if e["key"].startswith("ben2:"))
+    assert entry["bytes"] == 20 << 30
+
+
+def test_cache_resize_evicts_others_when_over_budget():
+    from safecut.cache import ModelCache, ModelKey
+
+    c = ModelCache(max_models=5, max_bytes=100)
+    closed = []
+    a, b = ModelKey("x", "a"), ModelKey("x", "b")
+    c.get(a, lambda: "A", size=40, closer=closed.append)
+    c.get(b, lambda: "B", size=40, closer=closed.append)
+    c.resize(b, 90)                                              # B really holds 90: A must go
+    assert closed == ["A"] and c.keys() == [b] and c.stats()["resident_bytes"] == 90

@@ -21,7 +21,7 @@ def quick_run(tmp_path_factory):
     env = dict(os.environ, HF_HUB_OFFLINE="1", SAFECUT_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     env.pop("SAFECUT_MODELS_DIR", None)
     r = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out), "--models-dir", str(models)],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     return r, out
 
 
@@ -32,15 +32,21 @@ def test_quick_bench_writes_json_markdown_and_plots(quick_run):
     with open(out / "results.json") as f:
         res = json.load(f)
     assert res["meta"]["quick"] is True
-    assert res["meta"]["wall_seconds"] < 120
+    assert res["meta"]["wall_seconds"] < 180
     secs = res["sections"]
     for name in SECTIONS + ["builds"]:
         assert name in secs, name
         assert secs[name]["error"] is None, (name, secs[name]["error"])
         assert secs[name]["rows"], name
     d = secs["ben2"]["data"]
-    assert d["naive"]["n"] >= 1 and d["ours"]["median"] > 0 and d["int8"]["median"] > 0
-    assert d["flops"]["total"] > 0
+    c = d["configs"]
+    for key in ("plain", "safecut", "safecut-int8", "naive"):
+        assert c[key]["steady_s"] > 0 and c[key]["peak_mb"] > 0, key
+        assert len(c[key]["warmup_s"]) >= 2, key                 # warm-ups until stable, at least 2
+    assert 0 <= d["configs"]["int8_mask_mae_vs_fp32"] < 1
+    assert d["flops"]["total"] > 0 and "attention decoder" in d["flops"]["by_kind"]
+    assert d["model"]["size"] == 384 and d["model"]["depths"] == [2, 2, 2, 2]  # the same architecture, reduced
+    assert "QUICK" in out.joinpath("RESULTS.md").read_text()
     assert secs["env"]["data"]["gemm_fp32"]["gflops"] > 0
     assert set(secs["quant"]["data"]["quants"]) == {"Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M"}
     assert secs["llama"]["data"]["naive_usage"][0][1] > 0
@@ -118,9 +124,8 @@ def _ops(path):
 
 @pytest.fixture(scope="module")
 def tiny_matmul_ben2(tmp_path_factory):
-    """A tiny model of the bench's synthetic BEN2 structure: window attention + MLPs (MatMuls) + conv decoder."""
-    sys.path.insert(0, ROOT)
-    from bench.synthetic_ben2 import build_tiny
+    """A tiny graph with window attention + MLPs (MatMuls) + a conv decoder, for the quantizer's tests."""
+    from safecut.testkit.tiny_swin_ben2 import build_tiny
 
     return build_tiny(str(tmp_path_factory.mktemp("q") / "ben2" / "tiny-swin-ben2.onnx"))
 
@@ -129,7 +134,7 @@ def test_quantize_ben2_int8_matmuls_same_io_close_mask(tiny_matmul_ben2, tmp_pat
     from safecut import ben2
     from safecut.quantize import quantize_ben2
 
-    out = quantize_ben2(tiny_matmul_ben2, str(tmp_path / "tiny.int8.onnx"))
+    out = quantize_ben2(tiny_matmul_ben2, str(tmp_path / "tiny.int8.onnx"), method="matmul")
     assert os.path.isfile(out) and os.path.getsize(out) < os.path.getsize(tiny_matmul_ben2)
     assert _io(out) == _io(tiny_matmul_ben2)                      # same names, dtypes (float16 output), shapes
     ops = _ops(out)
@@ -139,6 +144,38 @@ def test_quantize_ben2_int8_matmuls_same_io_close_mask(tiny_matmul_ben2, tmp_pat
     a = ben2.remove_background([img], tiny_matmul_ben2, device="CPU", keep_loaded=False).masks[0]
     b = ben2.remove_background([img], out, device="CPU", keep_loaded=False).masks[0]
     assert a.shape == b.shape == (96, 128)
+    assert float(np.abs(a - b).mean()) < 0.05
+
+
+def test_quantize_static_covers_convs_and_attention_products(tiny_matmul_ben2, tmp_path):
+    """The default (static QDQ) quantizes convs and the activation x activation attention MatMuls too, with
+    per-channel conv weights, keeps the published I/O, and the mask stays close."""
+    import onnx
+    from onnx import numpy_helper
+
+    from safecut import ben2
+    from safecut.quantize import quantize_ben2
+
+    out = quantize_ben2(tiny_matmul_ben2, str(tmp_path / "tiny.static.onnx"))
+    assert _io(out) == _io(tiny_matmul_ben2)
+    m = onnx.load(out)
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    producers = {o: n for n in m.graph.node for o in n.output}
+
+    def dq_input(name):
+        n = producers.get(name)
+        return n is not None and n.op_type == "DequantizeLinear"
+
+    convs = [n for n in m.graph.node if n.op_type == "Conv"]
+    assert convs and all(dq_input(n.input[0]) and dq_input(n.input[1]) for n in convs)
+    w_dq = producers[convs[0].input[1]]
+    assert inits[w_dq.input[1]].size == inits[w_dq.input[0]].shape[0] > 1      # one scale per output channel
+    act_mm = [n for n in m.graph.node if n.op_type == "MatMul" and not any(
+        i in inits or (producers.get(i) is not None and producers[i].input[0] in inits) for i in n.input)]
+    assert act_mm and all(dq_input(i) for n in act_mm for i in n.input)       # attention products: int8 too
+    img = subject_image(96, 128)
+    a = ben2.remove_background([img], tiny_matmul_ben2, device="CPU", keep_loaded=False).masks[0]
+    b = ben2.remove_background([img], out, device="CPU", keep_loaded=False).masks[0]
     assert float(np.abs(a - b).mean()) < 0.05
 
 
@@ -201,5 +238,24 @@ def test_fold_fp16_casts_makes_mixed_precision_matmuls_quantizable(tmp_path):
     assert fold_fp16_casts(m2) == 1
     assert [n.op_type for n in m2.graph.node] == ["MatMul"]
     assert [t.name for t in m2.graph.initializer] == ["w32"] and m2.graph.initializer[0].data_type == TensorProto.FLOAT
-    out = quantize_ben2(src, str(tmp_path / "mixed.int8.onnx"))
+    out = quantize_ben2(src, str(tmp_path / "mixed.int8.onnx"), method="matmul")
     assert _ops(out) & {"MatMulInteger", "DynamicQuantizeMatMul"}
+
+
+def test_static_calibration_in_small_passes_gives_the_same_ranges(tiny_matmul_ben2, tmp_path, monkeypatch):
+    """Memory-bounded calibration (one pass per group of activations) measures the same ranges as one pass."""
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    from safecut import quantize
+
+    imgs = quantize.synthetic_images(1, (64, 64))
+    one = quantize._calibrate_in_groups(tiny_matmul_ben2, ["Conv", "MatMul"], imgs, str(tmp_path),
+                                        str(tmp_path / "one.json"))
+    monkeypatch.setattr(quantize, "CALIBRATION_GROUP_BYTES", 1)       # every activation in its own pass
+    many = quantize._calibrate_in_groups(tiny_matmul_ben2, ["Conv", "MatMul"], imgs, str(tmp_path),
+                                         str(tmp_path / "many.json"))
+    assert one == 1 and many > 5
+    a, b = (load_tensors_data(str(tmp_path / f)).data for f in ("one.json", "many.json"))
+    assert a.keys() == b.keys() and len(a) > 5
+    for k in a:
+        assert np.allclose(a[k].range_value, b[k].range_value, atol=1e-5), k

@@ -1,28 +1,6 @@
-"""A synthetic stand-in for ``BEN2_Base.onnx``: same I/O, about the same parameters and compute.
-
-Why: the real BEN2 weights cannot be fetched here. Timings need a graph that costs what BEN2 costs.
-
-What it is (built with ``onnx.helper``, random weights, seeded; opset 17):
-
-* I/O exactly like the published file: input ``input`` float32 ``[1,3,1024,1024]`` (RGB 0..1), output
-  ``output`` **float16** ``[1,1,1024,1024]``, already sigmoid-ed.
-* Views, as BEN2/MVANet does: the image resized to 512² (global view) + its four 512² quarters (local
-  views) = a batch of 5 views of 512².
-* Encoder: a Swin-B-shaped hierarchical transformer on each view: 4×4/4 patch-embedding conv (3→128),
-  stages of dims 128/256/512/1024, depths 2/2/18/2, heads 4/8/16/32, window attention over 8×8 windows
-  (MatMul Q·Kᵀ, learned relative bias, Softmax, MatMul ·V), MLP ratio 4 with GELU, pre-LayerNorm,
-  2×2 patch merging (LayerNorm + linear 4C→2C) between stages. No shifted windows (a roll costs no FLOPs).
-* Decoder: FPN-style. 1×1 lateral convs of the four scales to 128 channels, top-down bilinear 2× upsampling
-  and sums, two 3×3 convs (128) at 128², a 3×3 conv 128→64, 4× upsampling to 512², a 3×3 conv 64→32 and a
-  1×1 conv to one channel per view. The four local maps are stitched back to 1024², the global map is
-  upsampled 2× and added; sigmoid; cast to float16.
-
-About 88 M parameters (the real BEN_Base: 94.1 M) and about 1.0 TFLOP per image (counted by
-:mod:`bench.flops`, 2 FLOPs per multiply-add, Conv/MatMul/Gemm only). Estimate for the real BEN2: Swin-B
-is 15.4 GMAC at 224², i.e. ~80 GMAC per 512² view; 5 views ≈ 400 GMAC ≈ 0.8 TFLOP, plus the MCLM/MCRM
-decoder: ~0.9-1.1 TFLOP. Measured on this machine, a random-weight export of the real architecture ran
-29-33 s per image in ORT (shared/research/packages.md §7).
-Weights are random: speed only, masks are meaningless.
+"""A tiny BEN2-I/O test graph with window attention, MLP MatMuls and a conv decoder (``onnx.helper``, seeded),
+for the quantizer's tests: input ``input`` float32 [1,3,S,S], output ``output`` float16 [1,1,S,S], sigmoid
+inside. Not a stand-in for BEN2's cost: the bench uses bench/ben2_arch.py (the real architecture) for that.
 """
 from __future__ import annotations
 
@@ -200,12 +178,12 @@ def build_model(seed: int = 0, *, size: int = SIZE, depths=DEPTHS, dims=DIMS, he
     y = g.op("Sigmoid", [y])
     g.nodes.append(g.h.make_node("Cast", [y], ["output"], to=TensorProto.FLOAT16))
     graph = g.h.make_graph(
-        g.nodes, "ben2_synthetic",
+        g.nodes, "tiny_swin_ben2",
         [g.h.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])],
         [g.h.make_tensor_value_info("output", TensorProto.FLOAT16, [1, 1, size, size])], g.inits)
     model = g.h.make_model(graph, opset_imports=[g.h.make_opsetid("", OPSET)], producer_name="safecut-bench")
     model.ir_version = 8
-    model.doc_string = "SafeCut bench: synthetic BEN2 stand-in (random weights; speed only). See bench/synthetic_ben2.py."
+    model.doc_string = "SafeCut test kit: tiny BEN2-I/O graph (random weights). See safecut/testkit/tiny_swin_ben2.py."
     return model, g.params
 
 
@@ -218,19 +196,3 @@ def build_tiny(path: str, seed: int = 0) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     onnx.save(model, path)
     return path
-
-
-def build(path: str, seed: int = 0) -> dict:
-    import onnx
-
-    model, params = build_model(seed)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    onnx.save(model, tmp)           # ~350 MB: under protobuf's 2 GB limit, one file
-    onnx.checker.check_model(tmp)
-    os.replace(tmp, path)
-    from .flops import count_flops
-
-    fl = count_flops(path)
-    return {"params": int(params), "flops": fl["total"], "flops_by_op": fl["by_op"],
-            "description": "Swin-B-shaped encoder on 5 views of 512² + FPN decoder (bench/synthetic_ben2.py)"}

@@ -1,0 +1,126 @@
+"""BEN2 background removal on the faithful stand-in: faithfulness vs an upstream export, SafeCut fp32 / INT8 vs a
+plain ORT session and the seeds' node, memory and warm-up; every configuration in its own fresh process."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from ..common import Section, cpu_info, cpu_snapshot, foreign_cpu, load_avg
+from .base import ROOT, Ctx
+
+ISSUE_GFLOP = 2151.0          # the upstream export's count on which issue 9 was measured
+
+
+def probe(ctx: Ctx, mode: str, model: str, runs: int, mask: str = "") -> dict:
+    """One configuration in a fresh process (bench/ben2_probe.py); adds the CPU share others took meanwhile."""
+    h, w = ctx.size
+    cmd = [sys.executable, "-m", "bench.ben2_probe", mode, model, "--runs", str(runs), "--size", f"{h},{w}"]
+    if ctx.quick:
+        cmd += ["--max-warmup", "2"]
+    if mask:
+        cmd += ["--save-mask", mask]
+    snap, load = cpu_snapshot(), load_avg()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, cwd=ROOT)
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("PROBE ")), None)
+    if r.returncode != 0 or line is None:
+        raise RuntimeError(f"{mode} probe of {os.path.basename(model)} failed: {r.stderr[-1500:]}")
+    res = json.loads(line[6:])
+    res["other_share"] = foreign_cpu(snap)["other_share"]
+    res["load_before"] = load
+    return res
+
+
+def _split(fl: dict) -> dict:
+    return {k: round(v / 1e9, 1) for k, v in sorted(fl.get("by_kind", {}).items())}
+
+
+def _gflop_row(fl: dict) -> str:
+    tot = fl["total"]
+    return ", ".join(f"{k} {v / 1e9:.0f} ({v / tot * 100:.0f} %)" for k, v in
+                     sorted(fl.get("by_kind", {}).items(), key=lambda kv: -kv[1]))
+
+
+def _fmt_times(p: dict) -> str:
+    t = p["steady_samples_s"]
+    rng = f" ({min(t):.2f}–{max(t):.2f}, n={len(t)})" if len(t) > 1 else f" (n={len(t)})"
+    return f"{p['steady_s']:.2f} s{rng}"
+
+
+def section_ben2(ctx: Ctx, sec: Section) -> None:
+    from ..flops import count_flops
+
+    path, int8, ref = ctx.paths["ben2"], ctx.paths.get("ben2_int8"), ctx.paths.get("ben2_reference")
+    runs = ctx.runs if ctx.quick else ctx.heavy_runs
+    info = ctx.builds.get("ben2", {})
+    size = info.get("size", 1024)
+    fl = count_flops(path)
+    sec.data.update(flops=fl, model={k: info.get(k) for k in ("path", "params", "bytes", "size", "depths", "nodes",
+                                                                "exporter", "arch_version")})
+    gemm = ctx.shared.get("gemm_gflops")
+    cpu = cpu_info()
+    simd = ", ".join(cpu.get("simd", [])) or "?"
+    configs = [("plain", "plain ORT session, default options (the stand-in)", path),
+               ("safecut", "SafeCut fp32 (ben2.remove_background: arena off, threads = cores)", path)]
+    if int8 and os.path.isfile(int8):
+        configs.append(("safecut-int8", "SafeCut INT8 (static QDQ Conv+MatMul, per-channel; experimental)", int8))
+    configs.append(("naive", "the seeds' node (8 intra + 8 inter threads, sequential, torch resize)", path))
+    if ref and os.path.isfile(ref):
+        configs.append(("reference", "plain ORT session, upstream BEN_Base export (reference)", ref))
+    masks_dir = os.path.join(ctx.out, "ben2-masks")
+    os.makedirs(masks_dir, exist_ok=True)
+    res = {}
+    for key, label, model in configs:
+        mode = {"safecut-int8": "safecut", "reference": "plain"}.get(key, key)
+        ctx.log(f"    ben2: {label} ...")
+        res[key] = probe(ctx, mode, model, runs, os.path.join(masks_dir, f"{key}.npy"))
+        res[key]["label"] = label
+    if "safecut-int8" in res:
+        a, b = (np.load(os.path.join(masks_dir, f"{k}.npy")) for k in ("safecut", "safecut-int8"))
+        res["int8_mask_mae_vs_fp32"] = float(np.abs(a - b).mean())
+        res["int8_mask_max_vs_fp32"] = float(np.abs(a - b).max())
+        res["int8_bytes"] = os.path.getsize(int8)
+    sec.data["configs"] = res
+    ctx.shared["ben2"] = res
+    fl_ref = count_flops(ref) if ref and os.path.isfile(ref) else None
+    sec.data["flops_reference"] = fl_ref
+
+    # ---- faithfulness -------------------------------------------------------------------------------
+    note = "" if size == 1024 else f" (QUICK: reduced build of the same architecture code, {size}², depths " \
+                                   f"{info.get('depths')})"
+    sec.row(table="faithfulness", what=f"stand-in FLOPs{note}", value=f"{fl['total'] / 1e9:.0f} GFLOP",
+            detail=(f"{fl['total'] / 1e9 / ISSUE_GFLOP * 100 - 100:+.1f} % vs issue 9's {ISSUE_GFLOP:.0f}; "
+                    if size == 1024 else "") + _gflop_row(fl))
+    if fl_ref:
+        sec.row(table="faithfulness", what="upstream export FLOPs", value=f"{fl_ref['total'] / 1e9:.0f} GFLOP",
+                detail=f"stand-in/upstream {fl['total'] / fl_ref['total']:.3f}; " + _gflop_row(fl_ref))
+    if "reference" in res:
+        p, r = res["plain"], res["reference"]
+        sec.row(table="faithfulness", what="plain ORT steady time, stand-in vs upstream export",
+                value=f"{p['steady_s']:.2f} s vs {r['steady_s']:.2f} s",
+                detail=f"ratio {p['steady_s'] / r['steady_s']:.3f} (target 0.85–1.15)")
+        sec.row(table="faithfulness", what="plain ORT peak RSS, stand-in vs upstream export",
+                value=f"{p['peak_mb'] / 1024:.2f} GB vs {r['peak_mb'] / 1024:.2f} GB",
+                detail=f"ratio {p['peak_mb'] / r['peak_mb']:.3f} (target 0.85–1.15)")
+    # ---- speed, memory, warm-up -----------------------------------------------------------------------
+    base = res["plain"]["steady_s"]
+    for key, _, _ in configs:
+        p = res[key]
+        gf = (fl_ref or fl)["total"] / p["steady_s"] / 1e9 if key == "reference" else fl["total"] / p["steady_s"] / 1e9
+        frac = f"; {gf / gemm * 100:.0f} % of GEMM peak" if gemm else ""
+        extra = ""
+        if key == "safecut-int8":
+            extra = f"; mask mean |Δ| vs fp32 {res['int8_mask_mae_vs_fp32']:.4f} (max {res['int8_mask_max_vs_fp32']:.3f})"
+        sec.row(table="speed", what=p["label"], steady=_fmt_times(p),
+                first_call=f"{p['first_s']:.2f} s ({p['first_s'] / p['steady_s'] * 100 - 100:+.0f} %)",
+                peak_rss=f"{p['peak_mb'] / 1024:.2f} GB", vs_plain=f"×{base / p['steady_s']:.2f}",
+                detail=f"{gf:.0f} GFLOP/s{frac}; load {p['load_s']:.1f} s; warm-ups "
+                       f"{', '.join(f'{t:.1f}' for t in p['warmup_s'])} s; others took "
+                       f"{p['other_share'] * 100:.0f} % CPU{extra}")
+    sec.notes.append(f"Image {ctx.size[1]}×{ctx.size[0]} → {size}² (static batch of 1, as the published file). Each "
+                     "row: a fresh process; load, first call, warm-ups until two calls agree within 10 % (≥ 2), "
+                     f"then {runs} timed call(s); steady = median (min–max) of every call after the first. Peak RSS = that process's VmHWM (ru_maxrss would carry the bench's own peak over exec). GEMM peak: "
+                     f"section env ({gemm} GFLOP/s fp32); CPU SIMD: {simd}. Random weights: speed and memory only.")

@@ -1,0 +1,184 @@
+"""Full CPU pipeline (headline) and cold start."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from ..common import Section, quiet_fds, stats
+from .base import ROOT, Ctx, _fs, _quiet_transformers, make_images
+
+
+# ---- full pipeline ---------------------------------------------------------------------------------------
+def _models_root(ctx: Ctx) -> str:
+    """A SAFECUT_MODELS_DIR whose folders hold the bench models (symlinks)."""
+    root = os.path.join(ctx.out, "models-view")
+    for kind, key in (("ben2", _ben2_key(ctx)), ("ben2", _ben2_key(ctx) + "_int8"), ("florence2", "florence"),
+                      ("LLM", "llama_Q4_K_M")):
+        src = ctx.paths.get(key)
+        if not src:
+            continue
+        d = os.path.join(root, kind)
+        os.makedirs(d, exist_ok=True)
+        dst = os.path.join(d, os.path.basename(src))
+        if not os.path.lexists(dst):
+            os.symlink(src, dst)
+    return root
+
+
+def _ben2_key(ctx: Ctx) -> str:
+    """The BEN2 the pipeline and cold-start sections use: the stand-in; in quick mode the test kit's tiny BEN2
+    (the quick BEN2 section already times the reduced stand-in; CI time is short)."""
+    return "ben2_tiny" if ctx.quick and ctx.paths.get("ben2_tiny") else "ben2"
+
+
+def _write_images(ctx: Ctx, n: int, name: str) -> str:
+    from PIL import Image
+
+    d = os.path.join(ctx.out, name)
+    os.makedirs(d, exist_ok=True)
+    for i, im in enumerate(make_images(n, ctx.size, seed=11)):
+        p = os.path.join(d, f"img{i:02d}.png")
+        if not os.path.exists(p):
+            Image.fromarray((im * 255).astype(np.uint8)).save(p)
+    return d
+
+
+def run_variant(a: dict) -> dict:
+    """In a fresh process (``python -m bench.sections.pipeline JSON``): one pipeline variant, warm-up on one
+    image, then ``runs`` runs over the image folder; per-image times, stage times and the process's peak RSS."""
+    from safecut import pipeline
+
+    from ..ben2_probe import peak_mb
+
+    _quiet_transformers()
+    os.environ["SAFECUT_MODELS_DIR"] = a["root"]
+    opts = pipeline.Options(**a["opts"])
+    with quiet_fds():
+        t0 = time.perf_counter()
+        pipeline.run(a["warm_src"], a["out"] + "-warm", opts)
+        cold = time.perf_counter() - t0
+    samples, reports = [], []
+    for _ in range(a["runs"]):
+        with quiet_fds():
+            t0 = time.perf_counter()
+            s = pipeline.run(a["src"], a["out"], opts)
+            samples.append((time.perf_counter() - t0) / a["n"])
+        with open(s.report) as f:
+            reports = [json.loads(ln) for ln in f]
+        if s.failed:
+            raise RuntimeError(f"pipeline failed: {[r.get('error') for r in reports if r.get('error')]}")
+    timings = {}
+    for r in reports:
+        for k, v in (r.get("timings") or {}).items():
+            timings[k] = timings.get(k, 0.0) + v / len(reports)
+    return {"per_image": stats(samples), "first_run_1_image": cold, "stage_per_image": timings,
+            "verdicts": [r.get("verdict") for r in reports], "decided_by": [r.get("decided_by") for r in reports],
+            "peak_mb": peak_mb()}
+
+
+def section_pipeline(ctx: Ctx, sec: Section) -> None:
+    root = _models_root(ctx)
+    N = 2 if ctx.quick else ctx.pipeline_images
+    src = _write_images(ctx, N, "pipeline-in")
+    warm_src = _write_images(ctx, 1, "pipeline-warm")
+    T = 8 if ctx.quick else ctx.florence_tokens
+    key = _ben2_key(ctx)
+    variants = [("fp32", ctx.paths[key])]
+    if ctx.paths.get(key + "_int8"):
+        variants.append(("int8", ctx.paths[key + "_int8"]))
+    runs = 1 if ctx.quick else max(1, min(ctx.heavy_runs, 2))
+    gemm = ctx.shared.get("gemm_gflops")
+    res = {}
+    for label, ben2_path in variants:
+        opts = dict(ben2_model=os.path.basename(ben2_path), device="CPU", batch_size=N, caption=True,
+                    florence_model=os.path.basename(ctx.paths["florence"]), task="more detailed caption",
+                    max_new_tokens=T, num_beams=3, nudenet=bool(ctx.paths.get("nudenet")), gate=True,
+                    classify=True, llm_model=os.path.basename(ctx.paths["llama_Q4_K_M"]))
+        args = dict(root=root, opts=opts, warm_src=warm_src, src=src, n=N, runs=runs,
+                    out=os.path.join(ctx.out, f"pipeline-out-{label}"))
+        r = subprocess.run([sys.executable, "-m", "bench.sections.pipeline", json.dumps(args)], capture_output=True,
+                           text=True, timeout=3600, cwd=ROOT)
+        line = next((ln for ln in r.stdout.splitlines() if ln.startswith("PROBE ")), None)
+        if r.returncode != 0 or line is None:
+            raise RuntimeError(f"pipeline {label} failed: {r.stderr[-1500:]}")
+        res[label] = json.loads(line[6:])
+        st, timings = res[label]["per_image"], res[label]["stage_per_image"]
+        stages = ", ".join(f"{k} {v:.2f} s" for k, v in timings.items())
+        sec.row(what=f"cpu-full pipeline per image, warm, BEN2 {label} (python -m safecut run: BEN2 + Florence-2 "
+                     f"caption + NudeNet + gate + Llama), {N} images/run",
+                value=_fs(st), peak_rss=f"{res[label]['peak_mb'] / 1024:.2f} GB", detail=stages)
+    ctx.shared["pipeline"] = res
+    sec.data.update(res)
+    sec.notes.append("Each variant in a fresh process (peak RSS = its VmHWM: every model of the pipeline loaded "
+                     "in one process, as in ComfyUI). Random-weight captions contain no gate keyword, so every "
+                     "image goes to the classifier (worst case for the gate). Stage times are the report's "
+                     "per-image averages." + (f" GEMM peak of this machine: {gemm} GFLOP/s fp32." if gemm else ""))
+
+
+# ---- cold start ------------------------------------------------------------------------------------------
+def _cold(ctx: Ctx, profile: str, env: dict, args: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "bench.coldstart", "--profile", profile] + args
+    e = dict(os.environ, **env)
+    t0 = time.time()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=e)
+    wall = time.time() - t0
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr[-3000:])
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out["spawn_to_result"] = out["t_result"] - t0
+    out["process_wall"] = wall
+    out["interpreter"] = out["t_main"] - t0
+    return out
+
+
+def section_coldstart(ctx: Ctx, sec: Section) -> None:
+    args = ["--ben2", ctx.paths[_ben2_key(ctx)], "--florence", ctx.paths["florence"], "--llama", ctx.paths["llama_Q4_K_M"],
+            "--tokens", str(8 if ctx.quick else ctx.florence_tokens), "--size", f"{ctx.size[0]}x{ctx.size[1]}"]
+    cache_dir = os.path.join(ctx.out, "ort-cache")
+    import shutil
+
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    res = {}
+    plan = [("cpu-fast", "no opt cache", {"SAFECUT_ORT_OPT_CACHE": "0"}),
+            ("cpu-fast", "opt cache: first (writes it)", {"SAFECUT_ORT_OPT_CACHE": "1"}),
+            ("cpu-fast", "opt cache: next start (reads it)", {"SAFECUT_ORT_OPT_CACHE": "1"}),
+            ("cpu-full", "opt cache (read), mmap GGUF", {"SAFECUT_ORT_OPT_CACHE": "1"})]
+    for profile, label, env in plan:
+        env = dict(env, SAFECUT_CACHE_DIR=cache_dir)
+        r = _cold(ctx, profile, env, args)
+        res[f"{profile} | {label}"] = r
+        load = sum(v for k, v in r["load"].items())
+        first = sum(v for k, v in r["first"].items())
+        sec.row(profile=profile, variant=label, total=f"{r['spawn_to_result']:.2f} s",
+                interpreter=f"{r['interpreter']:.2f} s", imports=f"{r['import']:.2f} s",
+                load=f"{load:.2f} s (" + ", ".join(f"{k} {v:.2f}" for k, v in r["load"].items()) + ")",
+                first=f"{first:.2f} s (" + ", ".join(f"{k} {v:.2f}" for k, v in r["first"].items()) + ")")
+    # GGUF: mmap vs read, fresh process each (page cache warm)
+    mm = {}
+    for use_mmap in (True, False):
+        samples = []
+        for _ in range(2 if ctx.quick else 3):
+            code = (f"import time,sys; sys.path.insert(0,{ROOT!r})\nfrom bench.common import quiet_fds\n"
+                    f"with quiet_fds():\n    import llama_cpp\n    t=time.perf_counter()\n"
+                    f"    l=llama_cpp.Llama(model_path={ctx.paths['llama_Q4_K_M']!r}, n_ctx=1024, use_mmap={use_mmap}, "
+                    f"verbose=False)\n    dt=time.perf_counter()-t\nprint(dt)")
+            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+            samples.append(float(r.stdout.strip().splitlines()[-1]))
+        mm["mmap" if use_mmap else "read"] = stats(samples)
+    res["gguf_load"] = mm
+    sec.data.update(res)
+    ctx.shared["coldstart"] = res
+    sec.notes.append(f"GGUF load (Q4_K_M, fresh process, page cache warm): use_mmap=True {_fs(mm['mmap'])}, "
+                     f"use_mmap=False {_fs(mm['read'])}.")
+    sec.notes.append("total = process spawn → first result; interpreter = spawn → the bench's main() starts; "
+                     "imports = onnxruntime/torch/transformers/llama_cpp + SafeCut engines; load and first = per "
+                     "engine, through the engines' public calls.")
+
+
+if __name__ == "__main__":
+    print("PROBE " + json.dumps(run_variant(json.loads(sys.argv[1])), default=str), flush=True)
