@@ -150,9 +150,9 @@ def drive(browser_tools, comfy, shots, name: str, workflow: str, widgets: dict, 
 def tiny_widgets(name: str) -> dict:
     widgets = {k: dict(v) for k, v in H.TINY_WIDGETS.items()}
     widgets["SafeCutLoadImageBatch"] = {"directory": f"fe_{name}"}
-    # the tiny random classifier scores both test captions near 0.65: this threshold splits them, so the
+    # the tiny random classifier scores the two test captions 0.643 and 0.645: this threshold splits them, so the
     # screenshots show a SAFE image saved and previewed next to an UNSAFE one (the asserts hold either way)
-    widgets["SafeCutLlamaSafetyClassifier"] = {"threshold": 0.65}
+    widgets["SafeCutLlamaSafetyClassifier"] = {"threshold": 0.644}
     return widgets
 
 
