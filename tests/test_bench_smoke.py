@@ -52,7 +52,8 @@ def test_quick_bench_writes_json_markdown_and_plots(quick_run):
     assert secs["llama"]["data"]["naive_usage"][0][1] > 0
     assert {"cpu-fast | no opt cache", "cpu-full | opt cache (read), mmap GGUF"} <= set(secs["coldstart"]["data"])
     targets = {t["target"]: t for t in res["targets"]}
-    for prefix in ("BEN2 warm ≥ 1.5×", "BEN2 warm ≥ 2.5×", "repeat call on a cached model", "Llama classification",
+    for prefix in ("BEN2 warm ≥ 1.5×", "BEN2 INT8 ≥ 2×", "BEN2 fp32 peak RSS ≤ 3 GB", "BEN2 first call after load",
+                   "BEN2 INT8 peak RSS below fp32", "repeat call on a cached model", "Llama classification",
                    "Florence batch of 8", "gate on a 60 %", "pack import ≤ 150 ms", "full CPU pipeline"):
         assert any(k.startswith(prefix) for k in targets), prefix
     md = (out / "RESULTS.md").read_text()
