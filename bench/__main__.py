@@ -35,8 +35,10 @@ def parse(argv=None):
     ap.add_argument("--models-dir", default=None, help="model cache (default ~/.cache/safecut-bench or "
                                                        "$SAFECUT_BENCH_MODELS)")
     ap.add_argument("--ben2", default=None, help="the real BEN2_Base.onnx (else the stand-in of bench/ben2_arch.py)")
-    ap.add_argument("--ben2-reference", default=None,
-                    help="an ONNX export of the upstream BEN_Base code: timed next to the stand-in (faithfulness)")
+    ap.add_argument("--ben2-reference", action="append", default=[],
+                    help="an ONNX export of the upstream BEN_Base code, timed next to the stand-in (faithfulness); "
+                         "repeat for exports made by other exporters: the target compares the one made by the "
+                         "stand-in's own exporter")
     ap.add_argument("--florence-tokens", type=int, default=32, help="new tokens per caption, naive and SafeCut")
     ap.add_argument("--publish", action="store_true",
                     help="copy RESULTS.md to bench/RESULTS.md and regenerate README.md's speed table")

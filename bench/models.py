@@ -296,22 +296,24 @@ def build_ben2(m: "Manifest", root: str, paths: dict, builds: dict, ben2_path: s
         from safecut.quantize import CALIBRATION_SAMPLES, quantize_ben2
 
         quantize_ben2(src, dst)
-        return {"method": f"safecut.quantize static QDQ (Conv+MatMul, per-channel int8 weights, uint8 activations, "
+        return {"method": f"safecut.quantize static QDQ (Conv + constant-weight MatMul, per-channel int8 weights, uint8 activations, "
                           f"{CALIBRATION_SAMPLES} synthetic calibration images)"}
 
-    builds["ben2-int8"] = _step(m, "ben2-int8-static:" + os.path.basename(paths["ben2"]), int8, _q, log)
+    from safecut.quantize import RECIPE
+
+    builds["ben2-int8"] = _step(m, f"ben2-int8-static-r{RECIPE}:" + os.path.basename(paths["ben2"]), int8, _q, log)
     paths["ben2_int8"] = int8
 
 
 def build_all(root: str, sections: set[str], ben2_path: str | None = None, log=print,
-              reference: str | None = None) -> dict:
+              reference: list[str] | None = None) -> dict:
     """Build (or find cached) what ``sections`` need. Returns {"paths": {...}, "builds": {...}}."""
     m = Manifest(root)
     paths, builds = {}, {}
     if sections & {"ben2", "pipeline", "coldstart", "tune-ben2", "tune-int8", "flops"}:
         build_ben2(m, root, paths, builds, ben2_path, log)
         if reference:
-            paths["ben2_reference"] = os.path.abspath(reference)
+            paths["ben2_references"] = [os.path.abspath(r) for r in reference]
     if sections & {"florence", "pipeline", "coldstart", "tune-florence"}:
         p = os.path.join(root, "florence2", FLORENCE_NAME)
         builds["florence"] = _step(m, "florence-base", p, lambda: build_florence_base(p), log)

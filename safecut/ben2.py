@@ -24,9 +24,11 @@ BACKGROUNDS = ["alpha", "white", "black", "custom"]
 DEFAULT_MODEL = "BEN2_Base.onnx"
 _DEFAULT_PRE = {"size": 1024, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
 # ORT CPU memory: BEN2 at 1024² is a one-shot graph with 0.5 GB full-resolution tensors. ORT's arena keeps
-# every block it ever grew (8.2 GB peak on the real architecture, +38 % time on the second call while it
-# grows); without it tensors are malloc'ed/freed per run: ~2-3 GB peak, same speed (bench "BEN2 memory").
-ORT_MEMORY = {"cpu_arena": False, "mem_pattern": False}
+# every block it ever grew (4.3-8.2 GB peak on the real architecture, depending on the exporter; slower second
+# call while it grows). Without the arena but with the memory pattern, each run gets one pre-planned block
+# (static shapes): measured on the 1024² stand-in, 2.6 GB peak and 24-26 s/call, vs 2.7 GB and 27-29 s with
+# neither, 3.6 GB with a size-as-requested arena, 4.3 GB with ORT's defaults.
+ORT_MEMORY = {"cpu_arena": False, "mem_pattern": True}
 # What a loaded BEN2 holds besides its weights, per input pixel of one image, measured as the peak RSS
 # growth of load + first run minus the file size (bench section ben2, real architecture at 1024²). The cache
 # charges file size + this x H x W until the first run measures the real growth.

@@ -2,11 +2,13 @@
 [--calibration IMAGES_DIR]``.
 
 Default method ``static``: static, calibrated QDQ quantization (``onnxruntime.quantization.quantize_static``)
-of every Conv and MatMul, the attention products included: int8 weights per output channel, uint8
-activations with ranges calibrated (min-max) on a few images. ORT fuses the Q/DQ pairs into integer kernels
-(QLinearConv, QLinearMatMul / MatMulIntegerToFloat), so the convolutions at full resolution and the decoder
-attention (58 % of BEN2's FLOPs) run in int8 too. Calibrate on your own images (``--calibration``) for real
-weights; without it, synthetic photo-like images are used. Experimental until checked on the real weights.
+of every Conv and every MatMul with a constant operand: int8 weights per output channel, uint8 activations
+with ranges calibrated (min-max) on a few images. ORT fuses the Q/DQ pairs into integer kernels
+(QLinearConv, QLinearMatMul), so the full-resolution convolutions and the weight linears (74 % of BEN2's
+FLOPs) run in int8. The attention products (two activations) stay fp32: ORT's uint8 x uint8 kernels were
+slower than fp32 there (see :func:`activation_matmuls`). Calibrate on your own images (``--calibration``) for
+real weights; without it, synthetic photo-like images are used. Experimental until checked on the real
+weights. On AVX2 CPUs int8 kernels are at most ~2x fp32 (bench section env), so expect well under 2x overall.
 
 The older ``matmul*`` methods are dynamic (weight-only) quantization with ``quantize_dynamic``: only the
 weight linears (42 % of the FLOPs) run in int8.
@@ -20,7 +22,6 @@ the real weights: compare masks on your own images with
 """
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import tempfile
@@ -40,6 +41,7 @@ METHODS = {
     "matmul+conv": (["MatMul", "Gemm", "Conv"], False),
 }
 DEFAULT_METHOD = "static"
+RECIPE = 2                # bump when what "static" writes changes (2: attention products left fp32)
 CALIBRATION_SAMPLES = 1   # generated images: one full BEN2 run per calibration pass (min-max ranges)
 
 
@@ -184,60 +186,6 @@ def _lean_calibration_sessions():
         calibrate.CalibraterBase.create_inference_session = original
 
 
-CALIBRATION_GROUP_BYTES = 3 << 30   # activations whose ranges one calibration pass collects (see below)
-
-
-def _calibrate_in_groups(model_path: str, op_types, images: list, tmpdir: str, cache: str) -> int:
-    """Min-max ranges of every activation to quantize, written as ORT's calibration cache (JSON).
-
-    Why not ORT's one-pass calibrator: it keeps the activations it measures alive until their range nodes run,
-    which at BEN2's size (0.5 GB full-resolution tensors) was killed for memory on a 24 GB machine. Here the
-    tensors are split into groups of at most CALIBRATION_GROUP_BYTES and each group is one pass of the same
-    calibrator over the images. Returns the number of passes."""
-    import numpy as np
-    from onnxruntime.quantization.calibrate import (CalibrationMethod, MinMaxCalibrater, TensorsData,
-                                                    save_tensors_data)
-
-    aug = os.path.join(tmpdir, "augmented.onnx")
-    probe = MinMaxCalibrater(model_path, op_types, augmented_model_path=aug, use_external_data_format=True)
-    tensors, infos = probe.select_tensors_to_calibrate(probe.model)
-    order = {}
-    for i, n in enumerate(probe.model.graph.node):
-        for o in n.output:
-            order[o] = i
-    del probe
-
-    def nbytes(name: str) -> int:
-        dims = [d.dim_value for d in infos[name].type.tensor_type.shape.dim] if name in infos else []
-        return int(np.prod(dims)) * 4 if dims and all(d > 0 for d in dims) else 64 << 20
-
-    groups, cur, size = [], [], 0
-    for name in sorted(tensors, key=lambda t: order.get(t, -1)):
-        if cur and size + nbytes(name) > CALIBRATION_GROUP_BYTES:
-            groups.append(cur)
-            cur, size = [], 0
-        cur.append(name)
-        size += nbytes(name)
-    if cur:
-        groups.append(cur)
-    ranges = {}
-    with _lean_calibration_sessions():
-        for group in groups:
-            cal = MinMaxCalibrater(model_path, op_types, augmented_model_path=aug, use_external_data_format=True)
-            select, keep = cal.select_tensors_to_calibrate, set(group)
-            cal.select_tensors_to_calibrate = lambda m, select=select, keep=keep: (
-                {t for t in select(m)[0] if t in keep}, select(m)[1])
-            cal.augment_graph()
-            cal.create_inference_session()
-            cal.collect_data(_Calibration(model_path, images))
-            ranges.update(cal.compute_data().data)
-            cal.infer_session = cal.model = None     # free this pass's session and graph before the next
-            del cal
-            gc.collect()
-    save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), cache)
-    return len(groups)
-
-
 class _Calibration:
     """onnxruntime CalibrationDataReader over images preprocessed exactly as the BEN2 engine does."""
 
@@ -261,6 +209,18 @@ class _Calibration:
 
     def rewind(self):  # pragma: no cover - not used by MinMax
         pass
+
+
+def activation_matmuls(model) -> list[str]:
+    """Names of the MatMuls whose two operands are both activations (attention products). Static QDQ leaves
+    them fp32: ORT's uint8 x uint8 QLinearMatMul ran BEN2's decoder attention at half its fp32 speed here
+    (profile at 1024²: 4.6 s int8 vs 4.3 s fp32, plus a QLinearSoftmax 3x slower than Softmax)."""
+    for i, n in enumerate(model.graph.node):   # ORT excludes nodes by name: unnamed ones would all match ""
+        n.name = n.name or f"safecut_{n.op_type}_{i}"
+    consts = {t.name for t in model.graph.initializer}
+    consts |= {n.output[0] for n in model.graph.node if n.op_type in ("Constant", "DequantizeLinear")
+               and all(i in consts for i in n.input)}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and not any(i in consts for i in n.input)]
 
 
 def fold_identity_initializers(model) -> int:
@@ -306,8 +266,10 @@ def quantize_ben2(model_name_or_path: str, output: str | None = None, *, method:
     op_types, per_channel = METHODS[method]
     model = onnx.load(src)
     folded = fold_fp16_casts(model)
+    exclude = []
     if method == "static":
         fold_identity_initializers(model)
+        exclude = activation_matmuls(model)
     big = model.ByteSize() > 1_900_000_000  # protobuf's 2 GB limit: keep weights outside
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".safecut-q-", dir=os.path.dirname(out) or ".") as tmpdir:
@@ -319,11 +281,11 @@ def quantize_ben2(model_name_or_path: str, output: str | None = None, *, method:
             if method == "static":
                 images = _load_images(calibration, samples) if calibration else synthetic_images(samples)
                 with _lean_calibration_sessions():
-                        quantize_static(staged, tmp_out, _Calibration(staged, images), quant_format=QuantFormat.QDQ,
+                    quantize_static(staged, tmp_out, _Calibration(staged, images), quant_format=QuantFormat.QDQ,
                                     op_types_to_quantize=op_types, per_channel=per_channel, reduce_range=False,
                                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                    use_external_data_format=big,
-                                    extra_options={"MatMulConstBOnly": False, "ActivationSymmetric": False,
+                                    use_external_data_format=big, nodes_to_exclude=exclude,
+                                    extra_options={"ActivationSymmetric": False,
                                                    "WeightSymmetric": True})
             else:
                 quantize_dynamic(staged, tmp_out, op_types_to_quantize=op_types, per_channel=per_channel,

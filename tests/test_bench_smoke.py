@@ -148,9 +148,10 @@ def test_quantize_ben2_int8_matmuls_same_io_close_mask(tiny_matmul_ben2, tmp_pat
     assert float(np.abs(a - b).mean()) < 0.05
 
 
-def test_quantize_static_covers_convs_and_attention_products(tiny_matmul_ben2, tmp_path):
-    """The default (static QDQ) quantizes convs and the activation x activation attention MatMuls too, with
-    per-channel conv weights, keeps the published I/O, and the mask stays close."""
+def test_quantize_static_covers_convs_and_weight_linears_not_attention_products(tiny_matmul_ben2, tmp_path):
+    """The default (static QDQ) quantizes convs and the constant-weight MatMuls with per-channel weights,
+    leaves the activation x activation attention MatMuls fp32 (ORT's uint8 x uint8 kernel is slower than fp32
+    on AVX2), keeps the published I/O, and the mask stays close."""
     import onnx
     from onnx import numpy_helper
 
@@ -171,9 +172,12 @@ def test_quantize_static_covers_convs_and_attention_products(tiny_matmul_ben2, t
     assert convs and all(dq_input(n.input[0]) and dq_input(n.input[1]) for n in convs)
     w_dq = producers[convs[0].input[1]]
     assert inits[w_dq.input[1]].size == inits[w_dq.input[0]].shape[0] > 1      # one scale per output channel
-    act_mm = [n for n in m.graph.node if n.op_type == "MatMul" and not any(
-        i in inits or (producers.get(i) is not None and producers[i].input[0] in inits) for i in n.input)]
-    assert act_mm and all(dq_input(i) for n in act_mm for i in n.input)       # attention products: int8 too
+    const = lambda i: i in inits or (producers.get(i) is not None and producers[i].input[0] in inits)  # noqa: E731
+    mms = [n for n in m.graph.node if n.op_type == "MatMul"]
+    weight_mm = [n for n in mms if any(const(i) for i in n.input)]
+    act_mm = [n for n in mms if not any(const(i) for i in n.input)]
+    assert weight_mm and all(dq_input(i) for n in weight_mm for i in n.input)  # weight linears: int8
+    assert act_mm and not any(dq_input(i) for n in act_mm for i in n.input)   # attention products: fp32
     img = subject_image(96, 128)
     a = ben2.remove_background([img], tiny_matmul_ben2, device="CPU", keep_loaded=False).masks[0]
     b = ben2.remove_background([img], out, device="CPU", keep_loaded=False).masks[0]
@@ -243,20 +247,20 @@ def test_fold_fp16_casts_makes_mixed_precision_matmuls_quantizable(tmp_path):
     assert _ops(out) & {"MatMulInteger", "DynamicQuantizeMatMul"}
 
 
-def test_static_calibration_in_small_passes_gives_the_same_ranges(tiny_matmul_ben2, tmp_path, monkeypatch):
-    """Memory-bounded calibration (one pass per group of activations) measures the same ranges as one pass."""
-    from onnxruntime.quantization.calibrate import load_tensors_data
+def test_exporter_of_tells_torchscript_from_dynamo_exports(tmp_path):
+    """The faithfulness target compares exports of the same exporter (the exporter alone changes memory ~2x)."""
+    import onnx
+    from onnx import TensorProto, helper
 
-    from safecut import quantize
+    from bench.sections.ben2 import exporter_of
 
-    imgs = quantize.synthetic_images(1, (64, 64))
-    one = quantize._calibrate_in_groups(tiny_matmul_ben2, ["Conv", "MatMul"], imgs, str(tmp_path),
-                                        str(tmp_path / "one.json"))
-    monkeypatch.setattr(quantize, "CALIBRATION_GROUP_BYTES", 1)       # every activation in its own pass
-    many = quantize._calibrate_in_groups(tiny_matmul_ben2, ["Conv", "MatMul"], imgs, str(tmp_path),
-                                         str(tmp_path / "many.json"))
-    assert one == 1 and many > 5
-    a, b = (load_tensors_data(str(tmp_path / f)).data for f in ("one.json", "many.json"))
-    assert a.keys() == b.keys() and len(a) > 5
-    for k in a:
-        assert np.allclose(a[k].range_value, b[k].range_value, atol=1e-5), k
+    def model(names):
+        nodes = [helper.make_node("Relu", [f"x{i}"], [f"x{i + 1}"], name=nm) for i, nm in enumerate(names)]
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x0", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info(f"x{len(names)}", TensorProto.FLOAT, [1])])
+        p = str(tmp_path / f"{len(list(tmp_path.iterdir()))}.onnx")
+        onnx.save(helper.make_model(g), p)
+        return p
+
+    assert exporter_of(model(["/backbone/Relu", "/decoder/Relu_1", "Relu_2"])) == "TorchScript"
+    assert exporter_of(model(["node_Relu_0", "node_Relu_1", "/x/Relu"])) == "dynamo"
