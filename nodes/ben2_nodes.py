@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 
 from ..safecut import ben2, modelfiles
 from .common import CATEGORY, DEVICE, KEEP_LOADED, THREADS, Progress, combo, images_to_numpy, timer, \

@@ -9,7 +9,7 @@ import json
 import time
 from typing import Any
 
-import numpy as np
+from ..safecut.lazy import numpy as np
 
 CATEGORY = "SafeCut"
 

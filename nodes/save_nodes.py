@@ -20,7 +20,7 @@ import json
 import os
 import re
 
-import numpy as np
+from ..safecut.lazy import numpy as np
 
 from ..safecut import imaging
 from ..safecut.errors import BadInputError

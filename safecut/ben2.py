@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
+from .lazy import numpy as np
 
 from . import modelfiles, providers
 from .cache import ModelKey, get_cache

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
+from .lazy import numpy as np
 
 from . import modelfiles, providers
 from .cache import ModelKey, get_cache

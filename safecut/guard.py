@@ -31,7 +31,7 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
-import numpy as np
+from .lazy import numpy as np
 
 from . import providers
 from .cache import ModelKey, get_cache

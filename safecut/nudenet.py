@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
-import numpy as np
+from .lazy import numpy as np
 
 from . import modelfiles, providers
 from .cache import ModelKey, get_cache

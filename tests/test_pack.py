@@ -42,6 +42,7 @@ def test_pack_loads_by_path_under_any_folder_name_cheaply(odd_clone):
     code = LOAD.format(path=odd_clone, name="ComfyUI-SafeCut-main") + f"""
 heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})
 print(json.dumps(dict(dt=dt, nodes=sorted(mod.NODE_CLASS_MAPPINGS), errors=mod.IMPORT_ERRORS, heavy=heavy,
+                      numpy="numpy" in sys.modules,
                       web=mod.WEB_DIRECTORY, names=mod.NODE_DISPLAY_NAME_MAPPINGS)))
 """
     env = {"PYTHONDONTWRITEBYTECODE": ""}  # like a ComfyUI install: .pyc files are written and reused
@@ -49,6 +50,7 @@ print(json.dumps(dict(dt=dt, nodes=sorted(mod.NODE_CLASS_MAPPINGS), errors=mod.I
     best = min((_run(code, env) for _ in range(3)), key=lambda r: r["dt"])
     assert best["errors"] == {}
     assert best["heavy"] == [], f"heavy modules imported at load: {best['heavy']}"
+    assert best["numpy"] is False      # safecut.lazy: ~160 ms of a fresh process, imported on first use
     assert best["web"] == "./js" and os.path.isdir(os.path.join(ROOT, "js"))
     assert {"SafeCutBEN2RemoveBackground", "SafeCutKeywordGate", "SafeCutUnloadModels"} <= set(best["nodes"])
     assert set(best["names"]) == set(best["nodes"])

@@ -12,7 +12,7 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 
-import numpy as np
+from ..lazy import numpy as np
 
 from ..errors import BadInputError
 
