@@ -23,12 +23,12 @@ from .registry import REGISTRY
 BACKGROUNDS = ["alpha", "white", "black", "custom"]
 DEFAULT_MODEL = "BEN2_Base.onnx"
 _DEFAULT_PRE = {"size": 1024, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
-# ORT CPU memory: BEN2 at 1024² is a one-shot graph with 0.5 GB full-resolution tensors. ORT's arena keeps
-# every block it ever grew (4.3-8.2 GB peak on the real architecture, depending on the exporter; slower second
-# call while it grows). Without the arena but with the memory pattern, each run gets one pre-planned block
-# (static shapes): measured on the 1024² stand-in, 2.6 GB peak and 24-26 s/call, vs 2.7 GB and 27-29 s with
-# neither, 3.6 GB with a size-as-requested arena, 4.3 GB with ORT's defaults.
-ORT_MEMORY = {"cpu_arena": False, "mem_pattern": True}
+# ORT session for BEN2 at 1024², a one-shot graph with 0.5 GB full-resolution tensors (fresh-process probes of the
+# 1024² stand-in, bench/ben2_probe.py). ORT's arena keeps every block it ever grew (4.2-8.1 GB peak depending on
+# the exporter); without it but with the memory pattern each run gets one pre-planned block: 2.4-2.7 GB, as fast.
+# Spinning on: with it off, 2 threads waking per op cost ~2 s a call (26.3 -> 24.2 s); workers stop spinning
+# soon after a call ends. SAFECUT_ORT_SPINNING=0 turns it off.
+ORT_SESSION = {"cpu_arena": False, "mem_pattern": True, "spinning": True}
 # What a loaded BEN2 holds besides its weights, per input pixel of one image, measured as the peak RSS
 # growth of load + first run minus the file size (bench section ben2, real architecture at 1024²). The cache
 # charges file size + this x H x W until the first run measures the real growth.
@@ -72,7 +72,8 @@ def preprocess_params(model_path: str) -> dict:
 
 def _optimized_cache_path(model_path: str) -> str | None:
     """Where ORT's optimized graph for this model, ORT version and CPU is kept (cold-start saver)."""
-    if os.environ.get("SAFECUT_ORT_OPT_CACHE", "1") == "0":
+    # Opt-in: loading the saved optimized graph added ~1 GB to BEN2's peak (3.4 vs 2.4 GB) to save ~0.6 s of load.
+    if os.environ.get("SAFECUT_ORT_OPT_CACHE", "0") != "1":
         return None
     try:
         import onnxruntime as ort
@@ -91,9 +92,13 @@ def _optimized_cache_path(model_path: str) -> str | None:
     return path
 
 
+def session_settings() -> dict:
+    return dict(ORT_SESSION, spinning=os.environ.get("SAFECUT_ORT_SPINNING", "1") != "0")
+
+
 def load_model(path: str, device: str = "auto", threads: int = 0, *, strict: bool = False) -> Ben2Model:
     sess, choice = providers.create_ort_session(path, device, threads=threads, strict=strict,
-                                                optimized_cache=_optimized_cache_path(path), **ORT_MEMORY)
+                                                optimized_cache=_optimized_cache_path(path), **session_settings())
     inputs, outputs = sess.get_inputs(), sess.get_outputs()
     out_shape = list(outputs[0].shape) if outputs else []
     mask_like = len(out_shape) == 4 and not (isinstance(out_shape[1], int) and out_shape[1] != 1)

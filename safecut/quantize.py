@@ -22,6 +22,8 @@ the real weights: compare masks on your own images with
 """
 from __future__ import annotations
 
+import gc
+import inspect
 import logging
 import os
 import tempfile
@@ -186,6 +188,60 @@ def _lean_calibration_sessions():
         calibrate.CalibraterBase.create_inference_session = original
 
 
+CALIBRATION_GROUP_BYTES = 3 << 30   # activations whose ranges one calibration pass collects (see below)
+
+
+def _calibrate_in_groups(model_path: str, op_types, images: list, tmpdir: str, cache: str) -> int:
+    """Min-max ranges of every activation to quantize, written as ORT's calibration cache (JSON).
+
+    Why not ORT's one-pass calibrator: it keeps the activations it measures alive until their range nodes run,
+    which at BEN2's size (0.5 GB full-resolution tensors) was killed for memory on a 24 GB machine. Here the
+    tensors are split into groups of at most CALIBRATION_GROUP_BYTES and each group is one pass of the same
+    calibrator over the images. Returns the number of passes."""
+    import numpy as np
+    from onnxruntime.quantization.calibrate import (CalibrationMethod, MinMaxCalibrater, TensorsData,
+                                                    save_tensors_data)
+
+    aug = os.path.join(tmpdir, "augmented.onnx")
+    probe = MinMaxCalibrater(model_path, op_types, augmented_model_path=aug, use_external_data_format=True)
+    tensors, infos = probe.select_tensors_to_calibrate(probe.model)
+    order = {}
+    for i, n in enumerate(probe.model.graph.node):
+        for o in n.output:
+            order[o] = i
+    del probe
+
+    def nbytes(name: str) -> int:
+        dims = [d.dim_value for d in infos[name].type.tensor_type.shape.dim] if name in infos else []
+        return int(np.prod(dims)) * 4 if dims and all(d > 0 for d in dims) else 64 << 20
+
+    groups, cur, size = [], [], 0
+    for name in sorted(tensors, key=lambda t: order.get(t, -1)):
+        if cur and size + nbytes(name) > CALIBRATION_GROUP_BYTES:
+            groups.append(cur)
+            cur, size = [], 0
+        cur.append(name)
+        size += nbytes(name)
+    if cur:
+        groups.append(cur)
+    ranges = {}
+    with _lean_calibration_sessions():
+        for group in groups:
+            cal = MinMaxCalibrater(model_path, op_types, augmented_model_path=aug, use_external_data_format=True)
+            select, keep = cal.select_tensors_to_calibrate, set(group)
+            cal.select_tensors_to_calibrate = lambda m, select=select, keep=keep: (
+                {t for t in select(m)[0] if t in keep}, select(m)[1])
+            cal.augment_graph()
+            cal.create_inference_session()
+            cal.collect_data(_Calibration(model_path, images))
+            ranges.update(cal.compute_data().data)
+            cal.infer_session = cal.model = None     # free this pass's session and graph before the next
+            del cal
+            gc.collect()
+    save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), cache)
+    return len(groups)
+
+
 class _Calibration:
     """onnxruntime CalibrationDataReader over images preprocessed exactly as the BEN2 engine does."""
 
@@ -280,8 +336,14 @@ def quantize_ben2(model_name_or_path: str, output: str | None = None, *, method:
         try:
             if method == "static":
                 images = _load_images(calibration, samples) if calibration else synthetic_images(samples)
+                reader, cached = _Calibration(staged, images), {}
+                if "calibration_cache_path" in inspect.signature(quantize_static).parameters:  # newer ORT
+                    cached["calibration_cache_path"] = os.path.join(tmpdir, "ranges.json")
+                    passes = _calibrate_in_groups(staged, op_types, images, tmpdir, cached["calibration_cache_path"])
+                    log.info("SafeCut: calibrated in %d memory-bounded passes", passes)
+                    reader = None
                 with _lean_calibration_sessions():
-                    quantize_static(staged, tmp_out, _Calibration(staged, images), quant_format=QuantFormat.QDQ,
+                    quantize_static(staged, tmp_out, reader, quant_format=QuantFormat.QDQ, **cached,
                                     op_types_to_quantize=op_types, per_channel=per_channel, reduce_range=False,
                                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                                     use_external_data_format=big, nodes_to_exclude=exclude,

@@ -162,15 +162,31 @@ def test_a_short_model_output_is_an_error_not_a_shorter_batch(tmp_path):
 
 def test_ben2_session_runs_without_the_cpu_arena(ben2_dir):
     """The arena would keep every block it grew (2x the peak of a one-shot 1024² graph, a slow second call);
-    the memory pattern stays: one pre-planned block per run was both leaner and faster (ben2.ORT_MEMORY)."""
+    the memory pattern stays: one pre-planned block per run was both leaner and faster (ben2.ORT_SESSION)."""
     m = ben2.load_model(ben2_dir, "CPU")
     from safecut import providers
 
-    so = providers.session_options(1, **ben2.ORT_MEMORY)
+    so = providers.session_options(1, **ben2.session_settings())
     assert so.enable_cpu_mem_arena is False and so.enable_mem_pattern is True
     assert providers.session_options(1).enable_cpu_mem_arena is True       # other models keep ORT's default
     got = m.session.get_session_options()
     assert got.enable_cpu_mem_arena is False and got.enable_mem_pattern is True
+
+
+def test_ben2_session_spins_unless_told_and_skips_the_optimized_graph_cache(ben2_dir, monkeypatch):
+    """BEN2 spins (2 threads waking per op cost ~8 % a call); the optimized-graph cache is opt-in (+1 GB peak)."""
+    from safecut import providers
+
+    key = "session.intra_op.allow_spinning"
+    monkeypatch.delenv("SAFECUT_ORT_SPINNING", raising=False)
+    monkeypatch.delenv("SAFECUT_ORT_OPT_CACHE", raising=False)
+    assert providers.session_options(1, **ben2.session_settings()).get_session_config_entry(key) == "1"
+    assert providers.session_options(1).get_session_config_entry(key) == "0"          # other models do not
+    assert ben2._optimized_cache_path(ben2_dir) is None
+    monkeypatch.setenv("SAFECUT_ORT_SPINNING", "0")
+    assert providers.session_options(1, **ben2.session_settings()).get_session_config_entry(key) == "0"
+    monkeypatch.setenv("SAFECUT_ORT_OPT_CACHE", "1")
+    assert ben2._optimized_cache_path(ben2_dir).endswith(".onnx")
 
 
 def test_cache_charges_ben2_its_activations_then_its_measured_growth(ben2_dir, monkeypatch):

@@ -147,7 +147,7 @@ def section_coldstart(ctx: Ctx, sec: Section) -> None:
     plan = [("cpu-fast", "no opt cache", {"SAFECUT_ORT_OPT_CACHE": "0"}),
             ("cpu-fast", "opt cache: first (writes it)", {"SAFECUT_ORT_OPT_CACHE": "1"}),
             ("cpu-fast", "opt cache: next start (reads it)", {"SAFECUT_ORT_OPT_CACHE": "1"}),
-            ("cpu-full", "opt cache (read), mmap GGUF", {"SAFECUT_ORT_OPT_CACHE": "1"})]
+            ("cpu-full", "defaults (no opt cache), mmap GGUF", {"SAFECUT_ORT_OPT_CACHE": "0"})]
     for profile, label, env in plan:
         env = dict(env, SAFECUT_CACHE_DIR=cache_dir)
         r = _cold(ctx, profile, env, args)
