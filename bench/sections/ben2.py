@@ -78,7 +78,8 @@ def section_ben2(ctx: Ctx, sec: Section) -> None:
     cpu = cpu_info()
     simd = ", ".join(cpu.get("simd", [])) or "?"
     configs = [("plain", "plain ORT session, default options (the stand-in)", path),
-               ("safecut", "SafeCut fp32 (ben2.remove_background: arena off, threads = cores)", path)]
+               ("safecut", "SafeCut fp32 (ben2.remove_background: no arena, memory pattern, spinning, "
+                           "threads = cores)", path)]
     if int8 and os.path.isfile(int8):
         configs.append(("safecut-int8", "SafeCut INT8 (static QDQ: convs + weight linears, per-channel; experimental)", int8))
     configs.append(("naive", "the seeds' node (8 intra + 8 inter threads, sequential, torch resize)", path))
