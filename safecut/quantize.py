@@ -4,7 +4,7 @@
 Default method ``static``: static, calibrated QDQ quantization (``onnxruntime.quantization.quantize_static``)
 of every Conv and every MatMul with a constant operand: int8 weights per output channel, uint8 activations
 with ranges calibrated (min-max) on a few images. ORT fuses the Q/DQ pairs into integer kernels
-(QLinearConv, QLinearMatMul), so the full-resolution convolutions and the weight linears (74 % of BEN2's
+(QLinearConv, QLinearMatMul), so the full-resolution convolutions and the weight linears (80 % of BEN2's
 FLOPs) run in int8. The attention products (two activations) stay fp32: ORT's uint8 x uint8 kernels were
 slower than fp32 there (see :func:`activation_matmuls`). Calibrate on your own images (``--calibration``) for
 real weights; without it, synthetic photo-like images are used. Experimental until checked on the real
@@ -269,7 +269,7 @@ class _Calibration:
 
 def activation_matmuls(model) -> list[str]:
     """Names of the MatMuls whose two operands are both activations (attention products). Static QDQ leaves
-    them fp32: ORT's uint8 x uint8 QLinearMatMul ran BEN2's decoder attention at half its fp32 speed here
+    them fp32: ORT's uint8 x uint8 QLinearMatMul ran BEN2's decoder attention slower than fp32 here
     (profile at 1024²: 4.6 s int8 vs 4.3 s fp32, plus a QLinearSoftmax 3x slower than Softmax)."""
     for i, n in enumerate(model.graph.node):   # ORT excludes nodes by name: unnamed ones would all match ""
         n.name = n.name or f"safecut_{n.op_type}_{i}"
