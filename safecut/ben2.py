@@ -28,7 +28,7 @@ _DEFAULT_PRE = {"size": 1024, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
 # the exporter); without it but with the memory pattern each run gets one pre-planned block: 2.4-2.7 GB, as fast.
 # Spinning on: with it off, 2 threads waking per op cost ~2 s a call (26.3 -> 24.2 s); workers stop spinning
 # soon after a call ends. SAFECUT_ORT_SPINNING=0 turns it off.
-ORT_SESSION = {"cpu_arena": False, "mem_pattern": True, "spinning": True}
+ORT_SESSION = {"cpu_arena": False, "mem_pattern": True}
 # What a loaded BEN2 holds besides its weights, per input pixel of one image, measured as the peak RSS
 # growth of load + first run minus the file size (bench section ben2, real architecture at 1024²). The cache
 # charges file size + this x H x W until the first run measures the real growth.

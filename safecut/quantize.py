@@ -336,12 +336,13 @@ def quantize_ben2(model_name_or_path: str, output: str | None = None, *, method:
         try:
             if method == "static":
                 images = _load_images(calibration, samples) if calibration else synthetic_images(samples)
-                reader, cached = _Calibration(staged, images), {}
+                reader, cached = None, {}
                 if "calibration_cache_path" in inspect.signature(quantize_static).parameters:  # newer ORT
                     cached["calibration_cache_path"] = os.path.join(tmpdir, "ranges.json")
                     passes = _calibrate_in_groups(staged, op_types, images, tmpdir, cached["calibration_cache_path"])
                     log.info("SafeCut: calibrated in %d memory-bounded passes", passes)
-                    reader = None
+                else:   # older ORT reads no ranges file: one pass over the images
+                    reader = _Calibration(staged, images)
                 with _lean_calibration_sessions():
                     quantize_static(staged, tmp_out, reader, quant_format=QuantFormat.QDQ, **cached,
                                     op_types_to_quantize=op_types, per_channel=per_channel, reduce_range=False,

@@ -66,8 +66,9 @@ def section_ben2(ctx: Ctx, sec: Section) -> None:
     path, int8 = ctx.paths["ben2"], ctx.paths.get("ben2_int8")
     refs = [r for r in ctx.paths.get("ben2_references", []) if os.path.isfile(r)]
     own = exporter_of(path)
-    refs.sort(key=lambda r: exporter_of(r) != own)          # the same exporter first: that one is the target
-    ref = refs[0] if refs and exporter_of(refs[0]) == own else None
+    exporter = {r: exporter_of(r) for r in refs}           # each call parses a ~400 MB graph: once per file
+    refs.sort(key=lambda r: exporter[r] != own)             # the same exporter first: that one is the target
+    ref = refs[0] if refs and exporter[refs[0]] == own else None
     runs = ctx.runs if ctx.quick else ctx.heavy_runs
     info = ctx.builds.get("ben2", {})
     size = info.get("size", 1024)
@@ -84,8 +85,8 @@ def section_ben2(ctx: Ctx, sec: Section) -> None:
         configs.append(("safecut-int8", "SafeCut INT8 (static QDQ: convs + weight linears, per-channel; experimental)", int8))
     configs.append(("naive", "the seeds' node (8 intra + 8 inter threads, sequential, torch resize)", path))
     for r in refs:
-        key = "reference" if r == ref else f"reference-{exporter_of(r)}"
-        configs.append((key, f"plain ORT session, upstream BEN_Base export ({exporter_of(r)} exporter"
+        key = "reference" if r == ref else f"reference-{exporter[r]}"
+        configs.append((key, f"plain ORT session, upstream BEN_Base export ({exporter[r]} exporter"
                              f"{', the reference' if r == ref else ''})", r))
     masks_dir = os.path.join(ctx.out, "ben2-masks")
     os.makedirs(masks_dir, exist_ok=True)
@@ -115,7 +116,7 @@ def section_ben2(ctx: Ctx, sec: Section) -> None:
             detail=(f"{fl['total'] / 1e9 / ISSUE_GFLOP * 100 - 100:+.1f} % vs issue 9's {ISSUE_GFLOP:.0f}; "
                     if size == 1024 else "") + _gflop_row(fl))
     if fl_ref:
-        sec.row(table="faithfulness", what=f"upstream export FLOPs ({exporter_of(fl_ref_path)} export; "
+        sec.row(table="faithfulness", what=f"upstream export FLOPs ({exporter[fl_ref_path]} export; "
                                             f"{fl_ref.get('unknown', 0)} nodes of unknown shape)",
                 value=f"{fl_ref['total'] / 1e9:.0f} GFLOP",
                 detail=f"stand-in/upstream {fl['total'] / fl_ref['total']:.3f}; " + _gflop_row(fl_ref))
