@@ -16,6 +16,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -75,6 +76,13 @@ def _default_max_bytes() -> int:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.75)
     except (ValueError, OSError, AttributeError):
         return 0  # unknown: count budget only
+
+
+def _weak(model: Any):
+    try:
+        return weakref.ref(model)
+    except TypeError:  # not weak-referenceable: cannot tell whether it is gone
+        return None
 
 
 def _release(model: Any, closer: Callable[[Any], None] | None) -> None:
@@ -215,17 +223,20 @@ class ModelCache:
     def _load(self, key, loader, size, closer, files, lease, pending) -> _Entry:
         signature = _file_signature(files)
         t0 = time.perf_counter()
+        model = None
         try:
             model = loader()
-        except BaseException as exc:
+            nbytes = size(model) if callable(size) else size
+        except BaseException as exc:  # waiters must wake and see the error, or they would wait forever
             with self._lock:
                 self._stats["load_errors"] += 1
                 self._loading.pop(key, None)
             pending.error = exc
             pending.done.set()
+            if model is not None:
+                _release(model, closer)
             raise
         seconds = time.perf_counter() - t0
-        nbytes = size(model) if callable(size) else size
         if nbytes is None:
             nbytes = sum(s for (_, _, s, _) in signature if s)
         entry = _Entry(key, model, int(nbytes), closer, seconds, files, signature, users=1 if lease else 0)
@@ -275,11 +286,15 @@ class ModelCache:
     def _close_all(self, entries: list[_Entry]) -> None:
         if not entries:
             return
+        lingering = False
         for e in entries:
+            ref = _weak(e.model)
             _release(e.model, e.closer)
             e.model = None
             self._emit("evict", e.key)
-        gc.collect()
+            lingering = lingering or ref is None or ref() is not None
+        if lingering:  # a cycle (torch modules) or an outside reference: a full collection (~0.1 s) frees it
+            gc.collect()
         torch = sys.modules.get("torch")  # only if torch is already in use: never import it here
         if torch is not None and getattr(torch, "cuda", None) is not None:
             try:

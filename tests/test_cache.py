@@ -170,9 +170,62 @@ def test_many_threads_many_keys_no_deadlock():
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
-    ts = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    ts = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(8)]
     [t.start() for t in ts]
-    [t.join(30) for t in ts]
+    # A deadlock never ends; a generous limit keeps a slow, loaded CI box (each eviction may run a full
+    # garbage collection of a heap holding torch) from reading as one. CI once hit 30 s this way.
+    deadline = time.monotonic() + 300
+    [t.join(max(0.0, deadline - time.monotonic())) for t in ts]
     assert not any(t.is_alive() for t in ts), "deadlock"
     assert not errors
     assert cache.stats()["resident_models"] <= 3
+
+
+def test_failing_size_wakes_waiters_and_releases_the_model():
+    # size() runs after the load; if it raised before the waiters were woken they would wait forever.
+    cache = ModelCache(max_models=4, max_bytes=0)
+    made = []
+
+    def loader():
+        time.sleep(0.2)  # the other threads arrive and wait on this load
+        made.append(Model("s"))
+        return made[-1]
+
+    def bad_size(m):
+        raise ValueError("no size")
+
+    errors = []
+
+    def worker():
+        try:
+            cache.get(key("s"), loader, size=bad_size)
+        except ValueError as e:
+            errors.append(str(e))
+
+    ts = [threading.Thread(target=worker, daemon=True) for _ in range(4)]
+    [t.start() for t in ts]
+    [t.join(10) for t in ts]
+    assert not any(t.is_alive() for t in ts), "waiters hang after a failing size()"
+    assert errors == ["no size"] * 4 and len(made) == 1 and made[0].closed
+    assert not cache.contains(key("s")) and cache.stats()["load_errors"] == 1
+
+
+def test_eviction_collects_garbage_only_when_the_model_lingers(monkeypatch):
+    import safecut.cache as cache_mod
+
+    collects = []
+    monkeypatch.setattr(cache_mod.gc, "collect", lambda *a: collects.append(1) or 0)
+    cache = ModelCache(max_models=1, max_bytes=0)
+    cache.get(key("a"), lambda: Model("a"))
+    cache.get(key("b"), lambda: Model("b"))  # evicts a: freed by refcount, no collection needed
+    assert collects == []
+
+    class Cyclic(Model):
+        def __init__(self, name):
+            super().__init__(name)
+            self.me = self  # like a torch module graph: only the cycle collector frees it
+
+    cache.get(key("c"), lambda: Cyclic("c"))  # evicts b
+    assert collects == []
+    cache.get(key("d"), lambda: Model("d"))  # evicts c, which lingers in its cycle
+    assert collects == [1]
