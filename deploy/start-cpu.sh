@@ -49,6 +49,12 @@ TCMALLOC="$(ldconfig -p 2>/dev/null | grep -Po 'libtcmalloc.so.\d' | head -n 1 |
 if [ -n "$TCMALLOC" ]; then
     export LD_PRELOAD="$TCMALLOC"
 fi
+# Huge pages for glibc malloc (THP 'madvise' hosts): BEN2's per-call gigabytes fault in 2 MiB at a time
+# instead of 4 KiB (INT8 BEN2 at 1024² on 2 cores: 21 s instead of 28 s). Read only by glibc; harmless otherwise.
+case ":${GLIBC_TUNABLES:-}:" in
+    *:glibc.malloc.hugetlb=*) ;;
+    *) export GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1" ;;
+esac
 
 if command -v comfy-manager-set-mode >/dev/null 2>&1; then
     comfy-manager-set-mode offline || log "could not set ComfyUI-Manager to offline mode"

@@ -15,7 +15,7 @@ from typing import Callable
 
 from .lazy import numpy as np
 
-from . import modelfiles, providers
+from . import hugepages, modelfiles, providers
 from .cache import ModelKey, get_cache
 from .errors import BadInputError, SafeCutError
 from .registry import REGISTRY
@@ -29,6 +29,10 @@ _DEFAULT_PRE = {"size": 1024, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
 # Spinning on: with it off, 2 threads waking per op cost ~2 s a call (26.3 -> 24.2 s); workers stop spinning
 # soon after a call ends. SAFECUT_ORT_SPINNING=0 turns it off.
 ORT_SESSION = {"cpu_arena": False, "mem_pattern": True}
+# A quantized (QDQ) BEN2 differs: ORT's memory pattern planned 1.1 GB more than the run needs (4.4 vs 3.3 GB) and
+# the NHWC layout rewrite of the full level kept another 0.9 GB alive; without both it peaks at 2.35 GB, below
+# fp32's 2.5-2.6 GB. Its per-tensor mallocs then need huge pages to stay fast (hugepages.py: 21 s vs 28 s a call).
+ORT_SESSION_QUANTIZED = {"cpu_arena": False, "mem_pattern": False, "optimization": "extended"}
 # What a loaded BEN2 holds besides its weights, per input pixel of one image, measured as the peak RSS
 # growth of load + first run minus the file size (bench section ben2, real architecture at 1024²). The cache
 # charges file size + this x H x W until the first run measures the real growth.
@@ -92,13 +96,59 @@ def _optimized_cache_path(model_path: str) -> str | None:
     return path
 
 
-def session_settings() -> dict:
-    return dict(ORT_SESSION, spinning=os.environ.get("SAFECUT_ORT_SPINNING", "1") != "0")
+def is_quantized(path: str) -> bool:
+    """True for a model written by ONNX Runtime's quantizer (producer 'onnx.quantize'). Reads only the file's
+    first fields: ModelProto stores producer_name (field 2) before the graph (field 7)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+
+    def varint(i):
+        value = shift = 0
+        while i < len(head):
+            b = head[i]
+            value |= (b & 0x7F) << shift
+            i += 1
+            if not b & 0x80:
+                return value, i
+            shift += 7
+        raise IndexError
+
+    i = 0
+    try:
+        while i < len(head):
+            tag, i = varint(i)
+            field, wire = tag >> 3, tag & 7
+            if wire == 0:
+                _, i = varint(i)
+            elif wire == 2:
+                n, i = varint(i)
+                if field == 2:
+                    return head[i:i + n] == b"onnx.quantize"
+                i += n
+            else:
+                return False
+            if field >= 7:
+                return False
+    except IndexError:
+        pass
+    return False
+
+
+def session_settings(path: str | None = None) -> dict:
+    base = ORT_SESSION_QUANTIZED if path and is_quantized(path) else ORT_SESSION
+    return dict(base, spinning=os.environ.get("SAFECUT_ORT_SPINNING", "1") != "0")
 
 
 def load_model(path: str, device: str = "auto", threads: int = 0, *, strict: bool = False) -> Ben2Model:
+    settings = session_settings(path)
     sess, choice = providers.create_ort_session(path, device, threads=threads, strict=strict,
-                                                optimized_cache=_optimized_cache_path(path), **session_settings())
+                                                optimized_cache=_optimized_cache_path(path), **settings)
+    if not settings["mem_pattern"] and choice.used == "CPU" and hugepages.status() == "off":
+        providers.warn_once(f"the quantized BEN2 model '{os.path.basename(path)}' runs ~30 % slower without huge "
+                            f"pages (21 vs 28 s per 1024² image measured on 2 cores); {hugepages.advice()}")
     inputs, outputs = sess.get_inputs(), sess.get_outputs()
     out_shape = list(outputs[0].shape) if outputs else []
     mask_like = len(out_shape) == 4 and not (isinstance(out_shape[1], int) and out_shape[1] != 1)

@@ -117,15 +117,17 @@ def _preload_cuda(ort) -> None:
 
 
 def session_options(threads: int = 0, *, spinning: bool | None = None, optimized_path: str | None = None,
-                    cpu_arena: bool = True, mem_pattern: bool = True):
+                    cpu_arena: bool = True, mem_pattern: bool = True, optimization: str = "all"):
     """``cpu_arena=False``: tensors are malloc'ed and freed per run instead of kept in ORT's growing CPU arena
     (for big one-shot graphs like BEN2 at 1024², the arena doubles peak memory and slows the second call
-    while it grows). ``mem_pattern=False``: no pre-planned block per input shape either."""
+    while it grows). ``mem_pattern=False``: no pre-planned block per input shape either. ``optimization``:
+    ORT's graph level, 'all' (with CPU layout rewrites) or 'extended' (without)."""
     ort = require("onnxruntime")
     so = ort.SessionOptions()
     so.enable_cpu_mem_arena = cpu_arena
     so.enable_mem_pattern = mem_pattern
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}[optimization]
     so.log_severity_level = 3  # errors only: SafeCut reports provider fallbacks itself, once
     so.intra_op_num_threads = default_threads(threads)
     so.inter_op_num_threads = 1

@@ -215,3 +215,28 @@ def test_cache_resize_evicts_others_when_over_budget():
     c.get(b, lambda: "B", size=40, closer=closed.append)
     c.resize(b, 90)                                              # B really holds 90: A must go
     assert closed == ["A"] and c.keys() == [b] and c.stats()["resident_bytes"] == 90
+
+
+def test_quantized_model_without_huge_pages_warns_once_with_the_fix(ben2_dir, tmp_path, monkeypatch, caplog):
+    import onnx
+
+    from safecut import hugepages, providers
+
+    m = onnx.load(ben2_dir)
+    m.producer_name = "onnx.quantize"                     # what ORT's quantizer writes
+    q = str(tmp_path / "q.onnx")
+    onnx.save(m, q)
+    monkeypatch.setattr(hugepages, "status", lambda *a, **k: "off")
+    monkeypatch.setattr(providers, "_warned", set())
+    with caplog.at_level("WARNING", logger="safecut.providers"):
+        ben2.load_model(q, "CPU")
+        ben2.load_model(q, "CPU")
+        ben2.load_model(ben2_dir, "CPU")                  # fp32 keeps the memory pattern: nothing to say
+    msgs = [r.getMessage() for r in caplog.records if "huge pages" in r.getMessage()]
+    assert len(msgs) == 1 and "q.onnx" in msgs[0] and hugepages.TUNABLE in msgs[0]
+    monkeypatch.setattr(hugepages, "status", lambda *a, **k: "tunable")
+    monkeypatch.setattr(providers, "_warned", set())
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="safecut.providers"):
+        ben2.load_model(q, "CPU")
+    assert not [r for r in caplog.records if "huge pages" in r.getMessage()]

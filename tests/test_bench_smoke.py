@@ -202,6 +202,15 @@ def test_quantize_testkit_ben2_default_path_and_conv_method(tiny_ben2_path, mode
     assert _io(out) == _io(str(d / "tiny-ben2.onnx"))
     conv = quantize_ben2("tiny-ben2.onnx", str(models_dir / "conv.onnx"), method="matmul+conv")
     assert "ConvInteger" in _ops(conv)
+    # ORT's quantizer output is recognised from the file's first bytes and gets the quantized session settings
+    import onnxruntime as ort
+
+    assert ben2.is_quantized(out) and ben2.is_quantized(conv) and not ben2.is_quantized(str(d / "tiny-ben2.onnx"))
+    so = ben2.load_model(out, "CPU").session.get_session_options()
+    assert so.enable_mem_pattern is False and so.enable_cpu_mem_arena is False
+    assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so = ben2.load_model(str(d / "tiny-ben2.onnx"), "CPU").session.get_session_options()
+    assert so.enable_mem_pattern is True and so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     img = subject_image()
     ref = ben2.remove_background([img], "tiny-ben2.onnx", device="CPU", keep_loaded=False).masks[0]
     for path in (out, conv):

@@ -228,6 +228,25 @@ def test_start_script_thread_sizing(tmp_path):
     assert f"T={t} " in with_cgroup({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"})
 
 
+def test_start_script_asks_glibc_for_huge_pages_once(tmp_path):
+    """The allocator part alone: the tunable is added to whatever GLIBC_TUNABLES holds, never twice."""
+    script = read("start-cpu.sh")
+    part = "# --- memory allocator" + script.split("# --- memory allocator")[1].split("if command -v comfy-manager")[0]
+    probe = tmp_path / "alloc.sh"
+    probe.write_text('set -euo pipefail\n' + part + '\necho "G=${GLIBC_TUNABLES:-}"\n')
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+
+    def run(**extra):
+        return subprocess.run(["bash", str(probe)], capture_output=True, text=True, env=dict(env, **extra),
+                              timeout=30).stdout.strip().splitlines()[-1]
+
+    from safecut.hugepages import TUNABLE
+
+    assert run() == f"G={TUNABLE}"
+    assert run(GLIBC_TUNABLES="glibc.malloc.arena_max=2") == f"G=glibc.malloc.arena_max=2:{TUNABLE}"
+    assert run(GLIBC_TUNABLES="glibc.malloc.hugetlb=0") == "G=glibc.malloc.hugetlb=0"   # the endpoint's choice wins
+
+
 # ---- models ----------------------------------------------------------------------------------------------
 def test_models_fetched_with_pack_command_and_known_profile(image):
     fetches = [m for c in runs(image) for m in re.finditer(

@@ -95,3 +95,14 @@ def _fs(st: dict) -> str:
 
     return fmt_stat(st)
 
+
+def page_env(huge: bool) -> dict:
+    """The child's environment with or without glibc's huge-page tunable (safecut/hugepages.py), whatever the
+    bench itself was started with: rows say which they ran on."""
+    from safecut import hugepages
+
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "SAFECUT_HUGEPAGES_REEXEC")}
+    tunables = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t and t != hugepages.TUNABLE]
+    if tunables:
+        env["GLIBC_TUNABLES"] = ":".join(tunables)
+    return hugepages.with_tunable(env) if huge else env

@@ -10,12 +10,12 @@ import sys
 import numpy as np
 
 from ..common import Section, cpu_info, cpu_snapshot, foreign_cpu, load_avg
-from .base import ROOT, Ctx
+from .base import ROOT, Ctx, page_env
 
 ISSUE_GFLOP = 2151.0          # the upstream export's count on which issue 9 was measured
 
 
-def probe(ctx: Ctx, mode: str, model: str, runs: int, mask: str = "") -> dict:
+def probe(ctx: Ctx, mode: str, model: str, runs: int, mask: str = "", huge_pages: bool = False) -> dict:
     """One configuration in a fresh process (bench/ben2_probe.py); adds the CPU share others took meanwhile."""
     h, w = ctx.size
     cmd = [sys.executable, "-m", "bench.ben2_probe", mode, model, "--runs", str(runs), "--size", f"{h},{w}"]
@@ -24,7 +24,7 @@ def probe(ctx: Ctx, mode: str, model: str, runs: int, mask: str = "") -> dict:
     if mask:
         cmd += ["--save-mask", mask]
     snap, load = cpu_snapshot(), load_avg()
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, cwd=ROOT)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, cwd=ROOT, env=page_env(huge_pages))
     line = next((ln for ln in r.stdout.splitlines() if ln.startswith("PROBE ")), None)
     if r.returncode != 0 or line is None:
         raise RuntimeError(f"{mode} probe of {os.path.basename(model)} failed: {r.stderr[-1500:]}")
@@ -78,11 +78,17 @@ def section_ben2(ctx: Ctx, sec: Section) -> None:
     gemm = ctx.shared.get("gemm_gflops")
     cpu = cpu_info()
     simd = ", ".join(cpu.get("simd", [])) or "?"
+    # SafeCut rows run as `python -m safecut run` and the worker image run them: glibc asked for huge pages
+    # (safecut/hugepages.py); the "4 KiB pages" rows are a ComfyUI started without the tunable.
+    hp = " huge pages (GLIBC_TUNABLES, as the CLI and worker set it)"
     configs = [("plain", "plain ORT session, default options (the stand-in)", path),
                ("safecut", "SafeCut fp32 (ben2.remove_background: no arena, memory pattern, spinning, "
-                           "threads = cores)", path)]
+                           f"threads = cores;{hp})", path),
+               ("safecut-4k", "SafeCut fp32, 4 KiB pages (a ComfyUI started without the tunable)", path)]
     if int8 and os.path.isfile(int8):
-        configs.append(("safecut-int8", "SafeCut INT8 (static QDQ: convs + weight linears, per-channel; experimental)", int8))
+        configs += [("safecut-int8", "SafeCut INT8 (static QDQ: convs + weight linears, per-channel; no memory "
+                                     f"pattern, extended graph level; experimental;{hp})", int8),
+                    ("safecut-int8-4k", "SafeCut INT8, 4 KiB pages (a ComfyUI started without the tunable)", int8)]
     configs.append(("naive", "the seeds' node (8 intra + 8 inter threads, sequential, torch resize)", path))
     for r in refs:
         key = "reference" if r == ref else f"reference-{exporter[r]}"
@@ -92,9 +98,10 @@ def section_ben2(ctx: Ctx, sec: Section) -> None:
     os.makedirs(masks_dir, exist_ok=True)
     res = {}
     for key, label, model in configs:
-        mode = "plain" if key.startswith("reference") else {"safecut-int8": "safecut"}.get(key, key)
+        mode = "plain" if key.startswith("reference") else "safecut" if key.startswith("safecut") else key
         ctx.log(f"    ben2: {label} ...")
-        res[key] = probe(ctx, mode, model, runs, os.path.join(masks_dir, f"{key}.npy"))
+        res[key] = probe(ctx, mode, model, runs, os.path.join(masks_dir, f"{key}.npy"),
+                         huge_pages=key in ("safecut", "safecut-int8"))
         res[key]["label"] = label
     if "safecut-int8" in res:
         a, b = (np.load(os.path.join(masks_dir, f"{k}.npy")) for k in ("safecut", "safecut-int8"))

@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from ..common import Section, quiet_fds, stats
-from .base import ROOT, Ctx, _fs, _quiet_transformers, make_images
+from .base import ROOT, Ctx, _fs, _quiet_transformers, make_images, page_env
 
 
 # ---- full pipeline ---------------------------------------------------------------------------------------
@@ -102,7 +102,7 @@ def section_pipeline(ctx: Ctx, sec: Section) -> None:
         args = dict(root=root, opts=opts, warm_src=warm_src, src=src, n=N, runs=runs,
                     out=os.path.join(ctx.out, f"pipeline-out-{label}"))
         r = subprocess.run([sys.executable, "-m", "bench.sections.pipeline", json.dumps(args)], capture_output=True,
-                           text=True, timeout=3600, cwd=ROOT)
+                           text=True, timeout=3600, cwd=ROOT, env=page_env(True))  # as `python -m safecut run`
         line = next((ln for ln in r.stdout.splitlines() if ln.startswith("PROBE ")), None)
         if r.returncode != 0 or line is None:
             raise RuntimeError(f"pipeline {label} failed: {r.stderr[-1500:]}")
@@ -115,7 +115,7 @@ def section_pipeline(ctx: Ctx, sec: Section) -> None:
     ctx.shared["pipeline"] = res
     sec.data.update(res)
     sec.notes.append("Each variant in a fresh process (peak RSS = its VmHWM: every model of the pipeline loaded "
-                     "in one process, as in ComfyUI). Random-weight captions contain no gate keyword, so every "
+                     "in one process, as in ComfyUI; huge pages asked of glibc, as `python -m safecut run` does). Random-weight captions contain no gate keyword, so every "
                      "image goes to the classifier (worst case for the gate). Stage times are the report's "
                      "per-image averages." + (f" GEMM peak of this machine: {gemm} GFLOP/s fp32." if gemm else ""))
 

@@ -1,0 +1,86 @@
+"""Transparent huge pages for the big one-shot BEN2 runs (Linux, glibc).
+
+BEN2 at 1024² mallocs and frees gigabytes per call. Without ORT's memory pattern (its INT8 session) every
+call faults those pages in again, 4 KiB at a time: measured on the 1024² stand-in, 2 cores AVX2, INT8 runs
+28 s a call with 4 KiB pages and 21 s with huge pages, same peak. When the kernel's THP mode is ``madvise``
+(Debian/Ubuntu default) glibc asks for huge pages only with the tunable below, which must be set before the
+process starts: the CLI re-executes itself with it, the worker's start script exports it, ComfyUI users can
+start ComfyUI with it. Nothing here imports ComfyUI or a model library.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+TUNABLE = "glibc.malloc.hugetlb=1"
+THP_PATH = "/sys/kernel/mm/transparent_hugepage/enabled"
+_REEXEC_MARK = "SAFECUT_HUGEPAGES_REEXEC"
+
+
+def thp_mode(path: str = THP_PATH) -> str:
+    """The kernel's THP mode: 'always', 'madvise', 'never' or '' (not Linux / unreadable)."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return ""
+    for word in text.split():
+        if word.startswith("[") and word.endswith("]"):
+            return word[1:-1]
+    return ""
+
+
+def _glibc_has_tunable() -> bool:
+    try:
+        name, version = os.confstr("CS_GNU_LIBC_VERSION").split()
+        major, minor = (int(x) for x in version.split(".")[:2])
+    except (ValueError, OSError, AttributeError):
+        return False  # musl, macOS, Windows: no such tunable
+    return name == "glibc" and (major, minor) >= (2, 35)
+
+
+def _other_allocator(environ) -> bool:
+    """tcmalloc/jemalloc preloaded (the stock worker image does so when installed): glibc's tunable is moot."""
+    return any(lib in environ.get("LD_PRELOAD", "") for lib in ("tcmalloc", "jemalloc", "mimalloc"))
+
+
+def status(environ=None, path: str = THP_PATH) -> str:
+    """'always' (the kernel backs large mappings with huge pages), 'tunable' (madvise mode + glibc tunable set),
+    'other-allocator', 'off' (madvise mode without the tunable: the case worth fixing) or 'unavailable'."""
+    env = os.environ if environ is None else environ
+    mode = thp_mode(path)
+    if mode == "always":
+        return "always"
+    if mode != "madvise":
+        return "unavailable"
+    if _other_allocator(env):
+        return "other-allocator"
+    return "tunable" if TUNABLE in env.get("GLIBC_TUNABLES", "") else "off"
+
+
+def with_tunable(environ=None, path: str = THP_PATH) -> dict:
+    """A copy of ``environ`` that gives a child process huge pages (unchanged where it cannot help)."""
+    env = dict(os.environ if environ is None else environ)
+    if status(env, path) == "off" and _glibc_has_tunable() and env.get("SAFECUT_HUGEPAGES", "1") != "0":
+        env["GLIBC_TUNABLES"] = ":".join(t for t in (env.get("GLIBC_TUNABLES", ""), TUNABLE) if t)
+    return env
+
+
+def reexec_with_huge_pages() -> None:
+    """Restart this Python process with the tunable when it would help (no-op otherwise, and at most once).
+    ``SAFECUT_HUGEPAGES=0`` turns it off."""
+    if not sys.platform.startswith("linux") or os.environ.get(_REEXEC_MARK):
+        return
+    env = with_tunable()
+    if env.get("GLIBC_TUNABLES") == os.environ.get("GLIBC_TUNABLES"):
+        return
+    env[_REEXEC_MARK] = "1"
+    argv = list(getattr(sys, "orig_argv", []) or [sys.executable, *sys.argv])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *argv[1:]], env)
+
+
+def advice() -> str:
+    return (f"start the process with GLIBC_TUNABLES={TUNABLE} (e.g. `GLIBC_TUNABLES={TUNABLE} python main.py` "
+            "for ComfyUI) or set /sys/kernel/mm/transparent_hugepage/enabled to 'always'")

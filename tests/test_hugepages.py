@@ -1,0 +1,59 @@
+"""Huge pages for BEN2's per-call allocations: detection, the child environment, the CLI's one re-exec."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from safecut import hugepages
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def thp(tmp_path, text):
+    p = tmp_path / "enabled"
+    p.write_text(text)
+    return str(p)
+
+
+def test_thp_mode_reads_the_bracketed_word(tmp_path):
+    assert hugepages.thp_mode(thp(tmp_path, "always [madvise] never\n")) == "madvise"
+    assert hugepages.thp_mode(thp(tmp_path, "[always] madvise never\n")) == "always"
+    assert hugepages.thp_mode(str(tmp_path / "missing")) == ""
+
+
+def test_status_and_child_environment(tmp_path, monkeypatch):
+    madvise = thp(tmp_path, "always [madvise] never")
+    monkeypatch.setattr(hugepages, "_glibc_has_tunable", lambda: True)
+    assert hugepages.status({}, madvise) == "off"
+    env = hugepages.with_tunable({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, madvise)
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:" + hugepages.TUNABLE   # keeps what was there
+    assert hugepages.status(env, madvise) == "tunable"
+    assert hugepages.with_tunable(env, madvise) == env                                # set once, not twice
+    assert "GLIBC_TUNABLES" not in hugepages.with_tunable({"SAFECUT_HUGEPAGES": "0"}, madvise)
+    preload = {"LD_PRELOAD": "/usr/lib/libtcmalloc.so.4"}
+    assert hugepages.status(preload, madvise) == "other-allocator"
+    assert "GLIBC_TUNABLES" not in hugepages.with_tunable(preload, madvise)
+    always = thp(tmp_path, "[always] madvise never")
+    assert hugepages.status({}, always) == "always" and "GLIBC_TUNABLES" not in hugepages.with_tunable({}, always)
+    assert hugepages.status({}, thp(tmp_path, "always madvise [never]")) == "unavailable"
+
+
+CHILD = ("import os, sys; from safecut import hugepages; print('before', os.environ.get('GLIBC_TUNABLES', '-'), "
+         "flush=True); hugepages.reexec_with_huge_pages(); print('after', os.environ.get('GLIBC_TUNABLES', '-'), "
+         "sys.argv[1:])")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="huge pages are a Linux feature")
+def test_reexec_sets_the_tunable_once_and_keeps_the_arguments():
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "SAFECUT_HUGEPAGES_REEXEC",
+                                                             "LD_PRELOAD", "SAFECUT_HUGEPAGES")}
+    r = subprocess.run([sys.executable, "-c", CHILD, "x", "--flag"], capture_output=True, text=True, env=env,
+                       cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    if hugepages.status(env) == "off" and hugepages._glibc_has_tunable():
+        # restarted once: the first 'before' is without, then the new process runs from the top with it
+        assert lines == ["before -", f"before {hugepages.TUNABLE}", f"after {hugepages.TUNABLE} ['x', '--flag']"]
+    else:  # THP 'always', unavailable, or an old glibc: nothing to gain, no restart
+        assert lines == ["before -", "after - ['x', '--flag']"]
