@@ -43,7 +43,7 @@ def cmd_run(a) -> int:
         nudenet=a.nudenet, nudenet_model=a.nudenet_model, nudenet_threshold=a.nudenet_threshold,
         gate=a.gate or a.classify, policy=a.policy, classify=a.classify, llm_family=a.llm_family,
         quantization=a.quantization, llm_model=a.llm_model, n_gpu_layers=a.n_gpu_layers, threshold=a.threshold,
-        save_unsafe=not a.skip_unsafe)
+        save_unsafe=not a.skip_unsafe, low_memory=a.low_memory)
     t0 = time.perf_counter()
     try:
         summary = pipeline.run(a.input_dir, a.out, opts, progress=None if a.quiet else
@@ -163,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--n-gpu-layers", type=int, default=-1)
     r.add_argument("--threshold", type=float, default=0.5)
     r.add_argument("--skip-unsafe", action="store_true", help="do not write cutouts of UNSAFE images")
+    r.add_argument("--low-memory", action="store_true",
+                   help="release each model after its stage of a chunk: peak memory of the biggest stage instead of "
+                        "every model at once; each chunk reloads them (use a larger --batch-size)")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_run)
 

@@ -45,6 +45,9 @@ class Options:
     n_gpu_layers: int = -1
     threshold: float = 0.5
     save_unsafe: bool = True
+    # Release each model when its stage of a chunk is done: the peak is the biggest stage, not every model at
+    # once (a 4 GB worker), at the price of reloading them per chunk (bench: pipeline section).
+    low_memory: bool = False
     extra: dict = field(default_factory=dict)
 
 
@@ -68,7 +71,7 @@ def _classifier(opts: Options):
 
     return guard.SafetyClassifier.from_choice(
         opts.llm_model or opts.llm_family, opts.quantization, n_gpu_layers=opts.n_gpu_layers,
-        threads=opts.threads, threshold=opts.threshold)
+        threads=opts.threads, threshold=opts.threshold, keep_loaded=not opts.low_memory)
 
 
 def run(input_dir: str, out_dir: str, opts: Options | None = None,
@@ -145,9 +148,10 @@ def _process_chunk(files, input_dir, out_dir, opts: Options, keyword_gate, class
 
 def _run_models(lines, frames, out_dir, opts: Options, keyword_gate, classifier) -> None:
     timings: dict[str, float] = {}
+    keep = not opts.low_memory
     t = time.perf_counter()
     cut = ben2.remove_background(frames, opts.ben2_model, device=opts.device, threads=opts.threads,
-                                 batch_size=opts.batch_size)
+                                 batch_size=opts.batch_size, keep_loaded=keep)
     timings["ben2"] = time.perf_counter() - t
     devices = {"ben2": cut.device.describe()}
     captions = [""] * len(frames)
@@ -157,7 +161,7 @@ def _run_models(lines, frames, out_dir, opts: Options, keyword_gate, classifier)
         t = time.perf_counter()
         res = florence.caption_images(frames, opts.florence_model, task=opts.task, device=opts.device,
                                       precision=opts.precision, max_new_tokens=opts.max_new_tokens,
-                                      num_beams=opts.num_beams, batch_size=opts.batch_size)
+                                      num_beams=opts.num_beams, batch_size=opts.batch_size, keep_loaded=keep)
         captions = list(res.captions)
         timings["caption"] = time.perf_counter() - t
         devices["florence2"] = res.device.describe()
@@ -168,7 +172,7 @@ def _run_models(lines, frames, out_dir, opts: Options, keyword_gate, classifier)
 
         t = time.perf_counter()
         nres = nudenet.detect(frames, model=opts.nudenet_model, device=opts.device, threshold=opts.nudenet_threshold,
-                              threads=opts.threads)
+                              threads=opts.threads, keep_loaded=keep)
         nude = [r.is_unsafe for r in nres.results]
         nude_info = [{"is_unsafe": r.is_unsafe, "max_score": r.max_score, "detections": r.detections}
                      for r in nres.results]

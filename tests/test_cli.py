@@ -121,3 +121,43 @@ def test_pipeline_loads_the_classifier_only_for_undecided(inputs, tmp_path, monk
     assert by["a red mug"] == "keywords"
     if llama_loads:
         assert by["a kitchen knife"] == "classifier"
+
+
+def test_low_memory_releases_each_model_after_its_stage_same_results(inputs, tmp_path, monkeypatch):
+    """--low-memory: every model is loaded per chunk and gone after its stage; the results do not change."""
+    from safecut import pipeline
+    from safecut.cache import get_cache
+    from safecut.testkit import demo
+
+    tiny = demo.prepare(str(tmp_path / "tiny"), florence=True, llm=True)
+    monkeypatch.setenv("SAFECUT_MODELS_DIR", tiny["models_dir"])
+    cache = get_cache()
+    monkeypatch.setattr(cache, "_listeners", [])
+    try:
+        reports = {}
+        for low in (False, True):
+            cache.unload()
+            events = []
+            cache.add_listener(lambda ev, key, events=events: events.append((ev, key.kind)))
+            opts = pipeline.Options(ben2_model=tiny["ben2_model"], florence_model=tiny["florence_model"],
+                                    llm_model=tiny["llm_model"], caption=True, nudenet=True, classify=True,
+                                    threads=1, batch_size=2, low_memory=low, device="CPU")
+            summary = pipeline.run(str(inputs), str(tmp_path / f"out-{low}"), opts)
+            assert summary.failed == 0 and summary.images == 3
+            loads = [k for ev, k in events if ev == "load"]
+            if low:   # 2 chunks: each stage loads its model per chunk and nothing stays resident
+                assert loads.count("ben2") == 2 and loads.count("florence2") == 2 and loads.count("nudenet") == 2
+                assert cache.stats()["resident_models"] == 0
+            else:     # loaded once, kept for the next chunk
+                assert loads.count("ben2") == 1 and loads.count("florence2") == 1 and loads.count("nudenet") == 1
+                assert {k.kind for k in cache.keys()} >= {"ben2", "florence2", "nudenet"}
+            reports[low] = [{k: v for k, v in json.loads(l).items() if k not in ("timings",)}
+                            for l in open(summary.report)]
+            cache._listeners.remove(cache._listeners[-1])
+        assert reports[True] == reports[False]
+        for l in reports[True]:
+            a = np.asarray(Image.open(tmp_path / "out-True" / l["output"]))
+            b = np.asarray(Image.open(tmp_path / "out-False" / l["output"]))
+            assert np.array_equal(a, b)
+    finally:
+        cache.unload()

@@ -548,6 +548,9 @@ def test_guard_oom_while_evaluating_fails_closed_then_recovers(env, kit, monkeyp
 # =====================================================================================================
 SHIPPED_DIRS = ("safecut", "nodes")
 NETWORK_ALLOWED = {"safecut/modelfiles.py", "safecut/client.py"}   # pinned model downloads; the worker client
+# The headless CLI restarts itself once (same interpreter, same arguments) with glibc's huge-page tunable:
+# os.execve there only, and only the CLI calls it (test_reexec_only_from_the_cli).
+EXEC_ALLOWED = {("safecut/hugepages.py", "execve")}
 FORBIDDEN_IMPORTS = {"pickle": "pickle loading", "cPickle": "pickle loading", "dill": "pickle loading",
                      "joblib": "pickle loading", "marshal": "unsafe deserialization", "shelve": "pickle loading",
                      "subprocess": "spawning processes (pip installs belong in install.py)",
@@ -593,7 +596,8 @@ def _violations(path: str, root: str = ROOT) -> list[str]:
                 pair = (f.value.id, f.attr)
                 if pair in FORBIDDEN_CALLS and FORBIDDEN_CALLS[pair]:
                     add(node, f"calls {FORBIDDEN_CALLS[pair]}")
-                if f.value.id == "os" and f.attr.startswith(("exec", "spawn", "fork")):
+                if f.value.id == "os" and f.attr.startswith(("exec", "spawn", "fork")) and \
+                        (rel, f.attr) not in EXEC_ALLOWED:
                     add(node, f"calls os.{f.attr}: no spawning processes")
             for kw in node.keywords:
                 val = kw.value.value if isinstance(kw.value, ast.Constant) else "<expr>"
@@ -628,6 +632,13 @@ def test_shipped_code_has_no_remote_code_pickles_eval_installs_or_stray_download
     assert not bad, "security rules broken in shipped code:\n" + "\n".join(bad)
 
 
+def test_reexec_only_from_the_cli():
+    """The one allowed exec restarts `python -m safecut run`; nothing ComfyUI loads may reach it."""
+    callers = [os.path.relpath(p, ROOT).replace(os.sep, "/") for p in shipped_files()
+               if "reexec_with_huge_pages(" in open(p, encoding="utf-8").read()]
+    assert sorted(callers) == ["safecut/cli.py", "safecut/hugepages.py"]
+
+
 def test_the_scanner_catches_what_it_should(tmp_path):
     """The static rules are only worth something if they fire: feed them a file that breaks each one."""
     pkg = tmp_path / "safecut"
@@ -635,12 +646,12 @@ def test_the_scanner_catches_what_it_should(tmp_path):
     (pkg / "evil.py").write_text(
         "import pickle, subprocess\nimport requests\nfrom huggingface_hub import hf_hub_download\n"
         "x = eval('1')\nexec('y = 2')\nimport torch\nm = torch.load('w.bin')\nimport os\nos.system('pip install x')\n"
-        "import numpy as np\nnp.load('a.npy', allow_pickle=True)\n"
+        "import numpy as np\nnp.load('a.npy', allow_pickle=True)\nos.execv('/bin/sh', ['sh'])\n"
         "M.from_pretrained('p', trust_remote_code=True)\nhf_hub_download('a', 'b')\n")
     bad = "\n".join(_violations(str(pkg / "evil.py"), str(tmp_path)))
     for what in ("imports pickle", "imports subprocess", "imports requests", "imports huggingface_hub",
                  "uses hf_hub_download", "calls eval()", "calls exec()", "torch.load", "os.system",
-                 "allow_pickle", "trust_remote_code=True"):
+                 "allow_pickle", "trust_remote_code=True", "calls os.execv"):
         assert what in bad, f"scanner missed: {what}\n{bad}"
 
 

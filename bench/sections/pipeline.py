@@ -88,19 +88,21 @@ def section_pipeline(ctx: Ctx, sec: Section) -> None:
     warm_src = _write_images(ctx, 1, "pipeline-warm")
     T = 8 if ctx.quick else ctx.florence_tokens
     key = _ben2_key(ctx)
-    variants = [("fp32", ctx.paths[key])]
+    variants = [("fp32", ctx.paths[key], False)]
     if ctx.paths.get(key + "_int8"):
-        variants.append(("int8", ctx.paths[key + "_int8"]))
+        variants.append(("int8", ctx.paths[key + "_int8"], False))
+    # --low-memory: each model released after its stage (reloaded per chunk; here one chunk per run)
+    variants += [(f"{label} low-memory", path, True) for label, path, _ in list(variants)]
     runs = 1 if ctx.quick else max(1, min(ctx.heavy_runs, 2))
     gemm = ctx.shared.get("gemm_gflops")
     res = {}
-    for label, ben2_path in variants:
-        opts = dict(ben2_model=os.path.basename(ben2_path), device="CPU", batch_size=N, caption=True,
+    for label, ben2_path, low_memory in variants:
+        opts = dict(ben2_model=os.path.basename(ben2_path), device="CPU", batch_size=N, caption=True, low_memory=low_memory,
                     florence_model=os.path.basename(ctx.paths["florence"]), task="more detailed caption",
                     max_new_tokens=T, num_beams=3, nudenet=bool(ctx.paths.get("nudenet")), gate=True,
                     classify=True, llm_model=os.path.basename(ctx.paths["llama_Q4_K_M"]))
         args = dict(root=root, opts=opts, warm_src=warm_src, src=src, n=N, runs=runs,
-                    out=os.path.join(ctx.out, f"pipeline-out-{label}"))
+                    out=os.path.join(ctx.out, f"pipeline-out-{label.replace(' ', '-')}"))
         r = subprocess.run([sys.executable, "-m", "bench.sections.pipeline", json.dumps(args)], capture_output=True,
                            text=True, timeout=3600, cwd=ROOT, env=page_env(True))  # as `python -m safecut run`
         line = next((ln for ln in r.stdout.splitlines() if ln.startswith("PROBE ")), None)
