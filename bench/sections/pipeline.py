@@ -117,7 +117,8 @@ def section_pipeline(ctx: Ctx, sec: Section) -> None:
     ctx.shared["pipeline"] = res
     sec.data.update(res)
     sec.notes.append("Each variant in a fresh process (peak RSS = its VmHWM: every model of the pipeline loaded "
-                     "in one process, as in ComfyUI; huge pages asked of glibc, as `python -m safecut run` does). Random-weight captions contain no gate keyword, so every "
+                     "in one process, as in ComfyUI — the low-memory rows release each after its stage and reload it per run; "
+                     "huge pages asked of glibc, as `python -m safecut run` does). Random-weight captions contain no gate keyword, so every "
                      "image goes to the classifier (worst case for the gate). Stage times are the report's "
                      "per-image averages." + (f" GEMM peak of this machine: {gemm} GFLOP/s fp32." if gemm else ""))
 
