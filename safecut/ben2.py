@@ -31,7 +31,7 @@ _DEFAULT_PRE = {"size": 1024, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
 ORT_SESSION = {"cpu_arena": False, "mem_pattern": True}
 # A quantized (QDQ) BEN2 differs: ORT's memory pattern planned 1.1 GB more than the run needs (4.4 vs 3.3 GB) and
 # the NHWC layout rewrite of the full level kept another 0.9 GB alive; without both it peaks at 2.35 GB, below
-# fp32's 2.5-2.6 GB. Its per-tensor mallocs then need huge pages to stay fast (hugepages.py: 21 s vs 28 s a call).
+# fp32's 2.5-2.6 GB. Its per-tensor mallocs then need huge pages to stay fast (hugepages.py: 21-23 vs 24-28 s a call).
 ORT_SESSION_QUANTIZED = {"cpu_arena": False, "mem_pattern": False, "optimization": "extended"}
 # What a loaded BEN2 holds besides its weights, per input pixel of one image, measured as the peak RSS
 # growth of load + first run minus the file size (bench section ben2, real architecture at 1024²). The cache
@@ -147,8 +147,8 @@ def load_model(path: str, device: str = "auto", threads: int = 0, *, strict: boo
     sess, choice = providers.create_ort_session(path, device, threads=threads, strict=strict,
                                                 optimized_cache=_optimized_cache_path(path), **settings)
     if not settings["mem_pattern"] and choice.used == "CPU" and hugepages.status() == "off":
-        providers.warn_once(f"the quantized BEN2 model '{os.path.basename(path)}' runs ~30 % slower without huge "
-                            f"pages (21 vs 28 s per 1024² image measured on 2 cores); {hugepages.advice()}")
+        providers.warn_once(f"the quantized BEN2 model '{os.path.basename(path)}' runs up to ~30 % slower without "
+                            f"huge pages (21-23 vs 24-28 s per 1024² image measured on 2 cores); {hugepages.advice()}")
     inputs, outputs = sess.get_inputs(), sess.get_outputs()
     out_shape = list(outputs[0].shape) if outputs else []
     mask_like = len(out_shape) == 4 and not (isinstance(out_shape[1], int) and out_shape[1] != 1)
