@@ -4,8 +4,8 @@ BEN2 at 1024² mallocs and frees gigabytes per call. Without ORT's memory patter
 call faults those pages in again, 4 KiB at a time: measured on the 1024² stand-in, 2 cores AVX2, INT8 runs
 24-28 s a call with 4 KiB pages and 21-23 s with huge pages, same peak (bench rows with and without). When the
 kernel's THP mode is ``madvise`` (Debian/Ubuntu default) glibc asks for huge pages only with the tunable below,
-which must be set before the process starts: the CLI re-executes itself with it, the worker's start script exports it, ComfyUI users can
-start ComfyUI with it. Nothing here imports ComfyUI or a model library.
+which must be set before the process starts: the CLI re-executes itself with it, the worker's start script
+exports it, ComfyUI users can start ComfyUI with it. Nothing here imports ComfyUI or a model library.
 """
 from __future__ import annotations
 
