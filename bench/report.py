@@ -102,10 +102,8 @@ def targets(secs: dict) -> list[dict]:
             add("full CPU pipeline ≤ 20 s per image warm (BEN2 INT8)", f"{p:.2f} s/img", p <= 20.0)
         pk = _g(secs, "pipeline", label, "peak_mb")
         if pk:
-            cost = ""
-            if label.endswith("low-memory") and p and _g(secs, "pipeline", label.split()[0], "per_image", "median"):
-                kept = _g(secs, "pipeline", label.split()[0], "per_image", "median")
-                cost = f" ({p:.2f} vs {kept:.2f} s/img with models kept)"
+            kept = _g(secs, "pipeline", label.split()[0], "per_image", "median") if label.endswith("low-memory") else None
+            cost = f" ({p:.2f} vs {kept:.2f} s/img with models kept)" if p and kept else ""
             add(f"full CPU pipeline peak RSS ≤ 4 GB (BEN2 {label}, fresh process)", f"{pk / 1024:.2f} GB{cost}",
                 pk <= 4096)
     return out
