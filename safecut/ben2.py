@@ -31,7 +31,8 @@ _DEFAULT_PRE = {"size": 1024, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
 ORT_SESSION = {"cpu_arena": False, "mem_pattern": True}
 # A quantized (QDQ) BEN2 differs: ORT's memory pattern planned 1.1 GB more than the run needs (4.4 vs 3.3 GB) and
 # the NHWC layout rewrite of the full level kept another 0.9 GB alive; without both it peaks at 2.35 GB, below
-# fp32's 2.5-2.6 GB. Its per-tensor mallocs then need huge pages to stay fast (hugepages.py: 21-23 vs 24-28 s a call).
+# fp32's 2.5-2.6 GB. Its per-tensor mallocs then need huge pages to stay fast (hugepages.py: 21-23 vs 24-28 s a call)
+# and glibc's mmap threshold pinned to keep the first call as fast as the next (+1-3 % instead of +11 %).
 ORT_SESSION_QUANTIZED = {"cpu_arena": False, "mem_pattern": False, "optimization": "extended"}
 # What a loaded BEN2 holds besides its weights, per input pixel of one image, measured as the peak RSS
 # growth of load + first run minus the file size (bench section ben2, real architecture at 1024²). The cache
@@ -116,6 +117,8 @@ def load_model(path: str, device: str = "auto", threads: int = 0, *, strict: boo
     settings = session_settings(path)
     sess, choice = providers.create_ort_session(path, device, threads=threads, strict=strict,
                                                 optimized_cache=_optimized_cache_path(path), **settings)
+    if not settings["mem_pattern"] and choice.used == "CPU":
+        hugepages.pin_mmap_threshold()   # per-tensor mallocs: reuse heap blocks from the first call on
     if not settings["mem_pattern"] and choice.used == "CPU" and hugepages.status() == "off":
         providers.warn_once(f"the quantized BEN2 model '{os.path.basename(path)}' runs up to ~30 % slower without "
                             f"huge pages (21-23 vs 24-28 s per 1024² image measured on 2 cores); {hugepages.advice()}")

@@ -228,12 +228,15 @@ def test_quantized_model_without_huge_pages_warns_once_with_the_fix(ben2_dir, tm
     onnx.save(m, q)
     monkeypatch.setattr(hugepages, "status", lambda *a, **k: "off")
     monkeypatch.setattr(providers, "_warned", set())
+    pins = []
+    monkeypatch.setattr(hugepages, "pin_mmap_threshold", lambda: pins.append(1))
     with caplog.at_level("WARNING", logger="safecut.providers"):
         ben2.load_model(q, "CPU")
         ben2.load_model(q, "CPU")
         ben2.load_model(ben2_dir, "CPU")                  # fp32 keeps the memory pattern: nothing to say
     msgs = [r.getMessage() for r in caplog.records if "huge pages" in r.getMessage()]
     assert len(msgs) == 1 and "q.onnx" in msgs[0] and hugepages.TUNABLE in msgs[0]
+    assert len(pins) == 2                                 # each quantized load pins glibc's threshold; fp32 not
     monkeypatch.setattr(hugepages, "status", lambda *a, **k: "tunable")
     monkeypatch.setattr(providers, "_warned", set())
     caplog.clear()

@@ -57,3 +57,35 @@ def test_reexec_sets_the_tunable_once_and_keeps_the_arguments():
         assert lines == ["before -", f"before {hugepages.TUNABLE}", f"after {hugepages.TUNABLE} ['x', '--flag']"]
     else:  # THP 'always', unavailable, or an old glibc: nothing to gain, no restart
         assert lines == ["before -", "after - ['x', '--flag']"]
+
+
+_HEAP_PROBE = r"""
+import ctypes, sys
+from safecut import hugepages
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+
+def in_heap(addr):
+    for line in open("/proc/self/maps"):
+        if line.rstrip().endswith("[heap]"):
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= addr < hi:
+                return True
+    return False
+
+before = in_heap(libc.malloc(4 << 20))           # glibc's default: a 4 MiB block is a fresh mmap
+pinned = hugepages.pin_mmap_threshold()
+after = in_heap(libc.malloc(4 << 20))            # pinned: served from the heap (reused across calls)
+big = in_heap(libc.malloc(64 << 20))             # above the ceiling: still its own mapping
+print(before, pinned, after, big, hugepages.pin_mmap_threshold())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not hugepages._glibc(), reason="glibc on Linux only")
+def test_pinned_mmap_threshold_serves_mid_sized_blocks_from_the_heap():
+    """What the quantized BEN2 session relies on for a fast first call: blocks up to 32 MiB come from the heap
+    at once, not only after glibc's first big free; larger blocks keep their own mapping (peak unchanged)."""
+    out = subprocess.run([sys.executable, "-c", _HEAP_PROBE], capture_output=True, text=True, timeout=60,
+                         cwd=ROOT, env=dict(os.environ, GLIBC_TUNABLES=""))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True", "True", "False", "True"]
