@@ -44,6 +44,10 @@ def cmd_run(a) -> int:
         gate=a.gate or a.classify, policy=a.policy, classify=a.classify, llm_family=a.llm_family,
         quantization=a.quantization, llm_model=a.llm_model, n_gpu_layers=a.n_gpu_layers, threshold=a.threshold,
         save_unsafe=not a.skip_unsafe, low_memory=a.low_memory)
+    opts.low_memory = pipeline.resolve_low_memory(opts.low_memory)
+    if opts.low_memory and a.low_memory == "auto" and not a.quiet:
+        print("SafeCut: less than 6 GiB of memory: models are released after each stage (--keep-models to keep "
+              "them)", file=sys.stderr)
     t0 = time.perf_counter()
     try:
         summary = pipeline.run(a.input_dir, a.out, opts, progress=None if a.quiet else
@@ -163,9 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--n-gpu-layers", type=int, default=-1)
     r.add_argument("--threshold", type=float, default=0.5)
     r.add_argument("--skip-unsafe", action="store_true", help="do not write cutouts of UNSAFE images")
-    r.add_argument("--low-memory", action="store_true",
-                   help="release each model after its stage of a chunk: peak memory of the biggest stage instead of "
-                        "every model at once; each chunk reloads them (use a larger --batch-size)")
+    mem = r.add_mutually_exclusive_group()
+    mem.add_argument("--low-memory", dest="low_memory", action="store_const", const=True, default="auto",
+                     help="release each model after its stage of a chunk: peak memory of the biggest stage instead "
+                          "of every model at once; each chunk reloads them (use a larger --batch-size). Default: "
+                          "on by itself when the process may use less than 6 GiB (container limit or RAM)")
+    mem.add_argument("--keep-models", dest="low_memory", action="store_const", const=False,
+                     help="keep every model loaded, whatever the memory limit")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_run)
 

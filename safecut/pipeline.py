@@ -46,9 +46,25 @@ class Options:
     threshold: float = 0.5
     save_unsafe: bool = True
     # Release each model when its stage of a chunk is done: the peak is the biggest stage, not every model at
-    # once (a 4 GB worker), at the price of reloading them per chunk (bench: pipeline section).
-    low_memory: bool = False
+    # once (a 4 GB worker), at the price of reloading them per chunk (bench: pipeline section). "auto": on when
+    # the process may use less than LOW_MEMORY_BELOW (container limit or RAM), see resolve_low_memory.
+    low_memory: bool | str = "auto"
     extra: dict = field(default_factory=dict)
+
+
+# Every model of the cpu-full pipeline kept loaded peaks at 4.75-4.91 GB (bench, 1024², 2 cores); released per
+# stage, 2.8-2.9 GB. Below 6 GiB the first does not fit with room to spare, the second does.
+LOW_MEMORY_BELOW = 6 << 30
+
+
+def resolve_low_memory(setting, limit: int | None = None) -> bool:
+    """True/False as given; "auto": True when the memory this process may use is known and below LOW_MEMORY_BELOW."""
+    if setting != "auto":
+        return bool(setting)
+    from . import memlimit
+
+    limit = memlimit.limit_bytes() if limit is None else limit
+    return 0 < limit < LOW_MEMORY_BELOW
 
 
 @dataclass
@@ -79,6 +95,7 @@ def run(input_dir: str, out_dir: str, opts: Options | None = None,
     opts = opts or Options()
     if (opts.classify or opts.nudenet) and not opts.gate:
         opts.gate = True  # verdicts come from the gate (it settles clear cases, NudeNet hits, then the classifier)
+    opts.low_memory = resolve_low_memory(opts.low_memory)
     files = imaging.list_images(input_dir, pattern=opts.pattern, sort="natural")
     preflight(opts)
     os.makedirs(out_dir, exist_ok=True)

@@ -78,7 +78,7 @@ def run_variant(a: dict) -> dict:
             timings[k] = timings.get(k, 0.0) + v / len(reports)
     return {"per_image": stats(samples), "first_run_1_image": cold, "stage_per_image": timings,
             "verdicts": [r.get("verdict") for r in reports], "decided_by": [r.get("decided_by") for r in reports],
-            "peak_mb": peak_mb()}
+            "peak_mb": peak_mb(), "low_memory": opts.low_memory}
 
 
 def section_pipeline(ctx: Ctx, sec: Section) -> None:
@@ -103,17 +103,26 @@ def section_pipeline(ctx: Ctx, sec: Section) -> None:
                     classify=True, llm_model=os.path.basename(ctx.paths["llama_Q4_K_M"]))
         args = dict(root=root, opts=opts, warm_src=warm_src, src=src, n=N, runs=runs,
                     out=os.path.join(ctx.out, f"pipeline-out-{label.replace(' ', '-')}"))
-        r = subprocess.run([sys.executable, "-m", "bench.sections.pipeline", json.dumps(args)], capture_output=True,
-                           text=True, timeout=3600, cwd=ROOT, env=page_env(True))  # as `python -m safecut run`
-        line = next((ln for ln in r.stdout.splitlines() if ln.startswith("PROBE ")), None)
-        if r.returncode != 0 or line is None:
-            raise RuntimeError(f"pipeline {label} failed: {r.stderr[-1500:]}")
-        res[label] = json.loads(line[6:])
+        res[label] = _probe(label, args)
         st, timings = res[label]["per_image"], res[label]["stage_per_image"]
         stages = ", ".join(f"{k} {v:.2f} s" for k, v in timings.items())
         sec.row(what=f"cpu-full pipeline per image, warm, BEN2 {label} (python -m safecut run: BEN2 + Florence-2 "
                      f"caption + NudeNet + gate + Llama), {N} images/run",
                 value=_fs(st), peak_rss=f"{res[label]['peak_mb'] / 1024:.2f} GB", detail=stages)
+    if not ctx.quick and len(variants) > 2:   # the 4 GB worker itself: default options under a hard 4 GiB limit
+        label = f"{variants[1][0]}, default options, 4 GiB memory cgroup"
+        opts = dict(opts, ben2_model=os.path.basename(variants[1][1]), low_memory="auto")
+        args = dict(args, opts=opts, out=os.path.join(ctx.out, "pipeline-out-cgroup"))
+        res[label] = _limited(label, args, 4 << 30)
+        if res[label].get("unmeasured"):
+            sec.notes.append(f"{label}: not measured ({res[label]['unmeasured']}).")
+        else:
+            r = res[label]
+            sec.row(what=f"cpu-full pipeline per image, warm, BEN2 {label} (python -m safecut run), {N} images/run",
+                    value=_fs(r["per_image"]) if "per_image" in r else r["error"],
+                    peak_rss=f"{r['peak_mb'] / 1024:.2f} GB" if "peak_mb" in r else "",
+                    detail=f"low-memory chosen by itself: {r.get('low_memory')}; cgroup peak "
+                           f"{r['cgroup_peak'] / 2**30:.2f} GiB (with page cache); OOM kills {r['oom_kills']}")
     ctx.shared["pipeline"] = res
     sec.data.update(res)
     sec.notes.append("Each variant in a fresh process (peak RSS = its VmHWM: every model of the pipeline loaded "
@@ -121,6 +130,34 @@ def section_pipeline(ctx: Ctx, sec: Section) -> None:
                      "huge pages asked of glibc, as `python -m safecut run` does). Random-weight captions contain no gate keyword, so every "
                      "image goes to the classifier (worst case for the gate). Stage times are the report's "
                      "per-image averages." + (f" GEMM peak of this machine: {gemm} GFLOP/s fp32." if gemm else ""))
+
+
+def _probe(label: str, args: dict, preexec=None) -> dict:
+    r = subprocess.run([sys.executable, "-m", "bench.sections.pipeline", json.dumps(args)], capture_output=True,
+                       text=True, timeout=3600, cwd=ROOT, env=page_env(True),   # as `python -m safecut run`
+                       preexec_fn=preexec)
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("PROBE ")), None)
+    if r.returncode != 0 or line is None:
+        raise RuntimeError(f"pipeline {label} failed (exit {r.returncode}): {r.stderr[-1500:]}")
+    return json.loads(line[6:])
+
+
+def _limited(label: str, args: dict, limit: int) -> dict:
+    """One variant in a memory cgroup of ``limit`` bytes; an OOM kill is a result, not a bench failure."""
+    from ..cgroup import MemoryCgroup
+
+    cg = MemoryCgroup.create(limit)
+    if cg is None:
+        return {"unmeasured": "no writable memory cgroup on this machine"}
+    try:
+        try:
+            out = _probe(label, args, preexec=cg.join)
+        except RuntimeError as exc:
+            out = {"error": str(exc)[:300]}
+        out.update(cgroup_peak=cg.peak_bytes(), oom_kills=cg.oom_kills(), limit=limit)
+        return out
+    finally:
+        cg.remove()
 
 
 # ---- cold start ------------------------------------------------------------------------------------------
