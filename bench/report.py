@@ -111,7 +111,7 @@ def targets(secs: dict) -> list[dict]:
             ok = "per_image" in r and not r.get("oom_kills") and r.get("peak_mb", 1e9) <= 4096
             got = (f"{r['per_image']['median']:.2f} s/img, peak {r['peak_mb'] / 1024:.2f} GB, low-memory by itself: "
                    f"{r.get('low_memory')}" if "per_image" in r else f"failed: {r.get('error', '')[:120]}")
-            add(f"full CPU pipeline on a 4 GB worker (BEN2 {label}): runs, peak ≤ 4 GB",
+            add(f"full CPU pipeline on a 4 GB worker (BEN2 {label}): runs, peak RSS ≤ 4 GB",
                 f"{got}; OOM kills {r.get('oom_kills')}", ok)
     return out
 

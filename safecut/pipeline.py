@@ -52,8 +52,9 @@ class Options:
     extra: dict = field(default_factory=dict)
 
 
-# Every model of the cpu-full pipeline kept loaded peaks at 4.75-4.91 GB (bench, 1024², 2 cores); released per
-# stage, 2.8-2.9 GB. Below 6 GiB the first does not fit with room to spare, the second does.
+# Every model of the cpu-full pipeline kept loaded peaks at 4.75-4.91 GB RSS (bench, 1024², 2 cores), ~0.8 GB of it
+# the mmapped GGUF: in a 4 GiB cgroup it still ran, at the limit (3.9 GiB, the kernel dropping file pages; one
+# bigger batch from an OOM kill). Released per stage: 2.8-2.9 GB. Below 6 GiB SafeCut takes the margin.
 LOW_MEMORY_BELOW = 6 << 30
 
 

@@ -321,3 +321,20 @@ def test_exporter_of_tells_torchscript_from_dynamo_exports(tmp_path):
 
     assert exporter_of(model(["/backbone/Relu", "/decoder/Relu_1", "Relu_2"])) == "TorchScript"
     assert exporter_of(model(["node_Relu_0", "node_Relu_1", "/x/Relu"])) == "dynamo"
+
+
+def test_report_judges_the_4_gb_worker_rows_on_what_happened():
+    """A cgroup row is met only when the run finished, nobody was OOM-killed and the RSS stayed ≤ 4 GB; a row the
+    machine could not measure is no target at all."""
+    from bench.report import targets
+
+    def row(**r):
+        return {"pipeline": {"data": {"int8, default options, 4 GiB memory cgroup": r}}}
+
+    ok = dict(per_image={"median": 40.0}, peak_mb=2900, low_memory=True, oom_kills=0)
+    (t,) = targets(row(**ok))
+    assert t["met"] and "4 GB worker" in t["target"] and "40.00 s/img" in t["measured"]
+    assert not targets(row(**dict(ok, peak_mb=4200)))[0]["met"]
+    (t,) = targets(row(error="pipeline failed (exit -9)", oom_kills=1))
+    assert not t["met"] and "OOM kills 1" in t["measured"]
+    assert targets(row(unmeasured="no writable memory cgroup")) == []
