@@ -121,8 +121,9 @@ def section_pipeline(ctx: Ctx, sec: Section) -> None:
         sec.row(what=f"cpu-full pipeline per image, warm, BEN2 {label} (python -m safecut run), {N} images/run",
                 value=_fs(r["per_image"]) if "per_image" in r else r["error"],
                 peak_rss=f"{r['peak_mb'] / 1024:.2f} GB" if "peak_mb" in r else "",
-                detail=f"low-memory: {r.get('low_memory')}; cgroup peak {r['cgroup_peak'] / 2**30:.2f} GiB (page "
-                       f"cache included: the kernel drops clean file pages at the limit); OOM kills {r['oom_kills']}")
+                detail=f"low-memory: {r.get('low_memory')}; cgroup peak {r['cgroup_peak'] / 2**30:.2f} GiB (its page "
+                       f"cache included; model files the bench cached before count in RSS, not here); OOM kills "
+                       f"{r['oom_kills']}")
     ctx.shared["pipeline"] = res
     sec.data.update(res)
     sec.notes.append("Each variant in a fresh process (peak RSS = its VmHWM: every model of the pipeline loaded "
