@@ -33,11 +33,15 @@ class MemoryCgroup:
                     continue
                 path = os.path.join(base, _own_path(v1).lstrip("/"), f"{name}-{os.getpid()}")
                 os.makedirs(path, exist_ok=True)
-                with open(os.path.join(path, limit_file), "w") as f:
-                    f.write(str(limit_bytes))
-                return cls(path, v1)
             except (OSError, ValueError):
                 continue
+            group = cls(path, v1)
+            try:   # v2 without the memory controller delegated has no memory.max: not usable
+                with open(os.path.join(path, limit_file), "r+") as f:
+                    f.write(str(limit_bytes))
+                return group
+            except OSError:
+                group.remove()
         return None
 
     def join(self) -> None:

@@ -94,8 +94,11 @@ def test_a_real_memory_cgroup_is_seen_by_the_child_and_enforced():
     cg = _real_cgroup(256 << 20)
     try:
         code = "from safecut import memlimit, pipeline; print(memlimit.limit_bytes(), pipeline.resolve_low_memory('auto'))"
-        r = subprocess.run([sys.executable, "-c", code], preexec_fn=cg.join, capture_output=True, text=True,
-                           cwd=ROOT, timeout=120)
+        try:
+            r = subprocess.run([sys.executable, "-c", code], preexec_fn=cg.join, capture_output=True, text=True,
+                               cwd=ROOT, timeout=120)
+        except subprocess.SubprocessError as exc:
+            pytest.skip(f"this machine does not let a process join the memory cgroup ({exc})")
         assert r.returncode == 0, r.stderr
         assert r.stdout.split() == [str(256 << 20), "True"]
         hog = "b = bytearray(512 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\n"   # touch 512 MiB

@@ -153,7 +153,9 @@ def _limited(label: str, args: dict, limit: int) -> dict:
     try:
         try:
             out = _probe(label, args, preexec=cg.join)
-        except RuntimeError as exc:
+        except subprocess.SubprocessError as exc:   # the child could not join the group
+            return {"unmeasured": f"could not move a process into the memory cgroup ({exc})"}
+        except RuntimeError as exc:                 # it ran and failed (an OOM kill among others): a result
             out = {"error": str(exc)[:300]}
         out.update(cgroup_peak=cg.peak_bytes(), oom_kills=cg.oom_kills(), limit=limit)
         return out
