@@ -8,17 +8,10 @@ from __future__ import annotations
 
 import os
 
+from safecut.memlimit import cgroup_paths
+
 _V1 = "/sys/fs/cgroup/memory"
 _V2 = "/sys/fs/cgroup"
-
-
-def _own_path(v1: bool) -> str:
-    with open("/proc/self/cgroup") as f:
-        for line in f:
-            _, controllers, path = line.rstrip("\n").split(":", 2)
-            if (v1 and "memory" in controllers.split(",")) or (not v1 and controllers == ""):
-                return path
-    return "/"
 
 
 class MemoryCgroup:
@@ -31,7 +24,7 @@ class MemoryCgroup:
             try:
                 if not os.path.exists(os.path.join(base, limit_file if v1 else "cgroup.controllers")):
                     continue
-                path = os.path.join(base, _own_path(v1).lstrip("/"), f"{name}-{os.getpid()}")
+                path = os.path.join(base, cgroup_paths()["v1" if v1 else "v2"].lstrip("/"), f"{name}-{os.getpid()}")
                 os.makedirs(path, exist_ok=True)
             except (OSError, ValueError):
                 continue

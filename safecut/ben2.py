@@ -117,11 +117,12 @@ def load_model(path: str, device: str = "auto", threads: int = 0, *, strict: boo
     settings = session_settings(path)
     sess, choice = providers.create_ort_session(path, device, threads=threads, strict=strict,
                                                 optimized_cache=_optimized_cache_path(path), **settings)
-    if not settings["mem_pattern"] and choice.used == "CPU":
-        hugepages.pin_mmap_threshold()   # per-tensor mallocs: reuse heap blocks from the first call on
-    if not settings["mem_pattern"] and choice.used == "CPU" and hugepages.status() == "off":
-        providers.warn_once(f"the quantized BEN2 model '{os.path.basename(path)}' runs up to ~30 % slower without "
-                            f"huge pages (21-23 vs 24-28 s per 1024² image measured on 2 cores); {hugepages.advice()}")
+    if not settings["mem_pattern"] and choice.used == "CPU":   # per-tensor mallocs on every call
+        hugepages.pin_mmap_threshold()                          # reuse heap blocks from the first call on
+        if hugepages.status() == "off":
+            providers.warn_once(f"the quantized BEN2 model '{os.path.basename(path)}' runs up to ~30 % slower "
+                                f"without huge pages (21-23 vs 24-28 s per 1024² image measured on 2 cores); "
+                                f"{hugepages.advice()}")
     inputs, outputs = sess.get_inputs(), sess.get_outputs()
     out_shape = list(outputs[0].shape) if outputs else []
     mask_like = len(out_shape) == 4 and not (isinstance(out_shape[1], int) and out_shape[1] != 1)

@@ -46,8 +46,8 @@ def cmd_run(a) -> int:
         save_unsafe=not a.skip_unsafe, low_memory=a.low_memory)
     opts.low_memory = pipeline.resolve_low_memory(opts.low_memory)
     if opts.low_memory and a.low_memory == "auto" and not a.quiet:
-        print("SafeCut: less than 6 GiB of memory: models are released after each stage (--keep-models to keep "
-              "them)", file=sys.stderr)
+        print(f"SafeCut: less than {pipeline.LOW_MEMORY_BELOW >> 30} GiB of memory: models are released after each "
+              "stage (--keep-models to keep them)", file=sys.stderr)
     t0 = time.perf_counter()
     try:
         summary = pipeline.run(a.input_dir, a.out, opts, progress=None if a.quiet else

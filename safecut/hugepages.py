@@ -14,7 +14,6 @@ first call (first call +1-3 % instead of +11 %, same peak; bench/ben2_probe.py-s
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import sys
 
@@ -41,13 +40,18 @@ def thp_mode(path: str = THP_PATH) -> str:
     return ""
 
 
-def _glibc_has_tunable() -> bool:
+def _glibc_version() -> tuple[int, int] | None:
+    """(major, minor) of glibc; None for musl, macOS, Windows."""
     try:
         name, version = os.confstr("CS_GNU_LIBC_VERSION").split()
         major, minor = (int(x) for x in version.split(".")[:2])
-    except (ValueError, OSError, AttributeError):
-        return False  # musl, macOS, Windows: no such tunable
-    return name == "glibc" and (major, minor) >= (2, 35)
+    except (ValueError, OSError, AttributeError, TypeError):
+        return None
+    return (major, minor) if name == "glibc" else None
+
+
+def _glibc_has_tunable() -> bool:
+    return (_glibc_version() or (0, 0)) >= (2, 35)
 
 
 def _other_allocator(environ) -> bool:
@@ -98,8 +102,10 @@ def pin_mmap_threshold() -> bool:
     global _pinned
     if _pinned:
         return True
-    if not sys.platform.startswith("linux") or not _glibc():
+    if not sys.platform.startswith("linux") or _glibc_version() is None:
         return False
+    import ctypes
+
     try:
         libc = ctypes.CDLL(None)
         _pinned = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
@@ -107,13 +113,6 @@ def pin_mmap_threshold() -> bool:
     except (OSError, AttributeError):
         return False
     return _pinned
-
-
-def _glibc() -> bool:
-    try:
-        return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
-    except (ValueError, OSError, AttributeError):
-        return False
 
 
 def advice() -> str:

@@ -18,8 +18,8 @@ def _read_int(path: str) -> int:
     return int(text) if text.isdigit() and 0 < int(text) < _NO_LIMIT else 0
 
 
-def _cgroup_files(root: str) -> list[str]:
-    """The limit files of this process's cgroup, under a namespaced mount (path "/") or the host's view."""
+def cgroup_paths(root: str = "/") -> dict:
+    """This process's cgroup path per hierarchy: {"v2": unified path, "v1": memory controller path}."""
     paths = {"v2": "/", "v1": "/"}
     try:
         with open(os.path.join(root, "proc/self/cgroup")) as f:
@@ -31,6 +31,12 @@ def _cgroup_files(root: str) -> list[str]:
                     paths["v1"] = path
     except (OSError, ValueError):
         pass
+    return paths
+
+
+def _cgroup_files(root: str) -> list[str]:
+    """The limit files of this process's cgroup, under a namespaced mount (path "/") or the host's view."""
+    paths = cgroup_paths(root)
     base = os.path.join(root, "sys/fs/cgroup")
     files = []
     for mount, name, key in ((base, "memory.max", "v2"), (os.path.join(base, "memory"), "memory.limit_in_bytes", "v1")):

@@ -81,7 +81,7 @@ print(before, pinned, after, big, hugepages.pin_mmap_threshold())
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or not hugepages._glibc(), reason="glibc on Linux only")
+@pytest.mark.skipif(not sys.platform.startswith("linux") or hugepages._glibc_version() is None, reason="glibc on Linux only")
 def test_pinned_mmap_threshold_serves_mid_sized_blocks_from_the_heap():
     """What the quantized BEN2 session relies on for a fast first call: blocks up to 32 MiB come from the heap
     at once, not only after glibc's first big free; larger blocks keep their own mapping (peak unchanged)."""
