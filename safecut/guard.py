@@ -91,8 +91,6 @@ def _gpu_backend() -> tuple[str | None, str]:
     global _gpu_probe
     if _gpu_probe is not None:
         return _gpu_probe
-    import ctypes
-
     llama_cpp = require("llama_cpp")
     try:
         offload = bool(llama_cpp.llama_supports_gpu_offload())
@@ -106,16 +104,8 @@ def _gpu_backend() -> tuple[str | None, str]:
     elif os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
         result = (None, "CUDA_VISIBLE_DEVICES hides every GPU")
     else:
-        result = (None, "no GPU driver (libcuda / libamdhip64) was found")
-        libs = [("nvcuda.dll", "CUDA")] if os.name == "nt" else [("libcuda.so.1", "CUDA"), ("libcuda.so", "CUDA"),
-                                                                  ("libamdhip64.so", "ROCm")]
-        for lib, name in libs:
-            try:
-                ctypes.CDLL(lib)
-                result = (name, "")
-                break
-            except OSError:
-                continue
+        driver = providers.gpu_driver()
+        result = (driver, "") if driver else (None, "no GPU driver (libcuda / libamdhip64) was found")
     _gpu_probe = result
     return result
 
@@ -136,6 +126,9 @@ def plan_device(n_gpu_layers: int = -1, *, strict: bool = False) -> tuple[Device
             raise DeviceUnavailableError(msg + " (strict mode: refusing to fall back).")
         providers.warn_once(msg)
         return DeviceChoice(requested, "CPU", note="GPU offload unavailable"), 0
+    if providers.gpu_driver():   # auto beside a GPU this build cannot use: CPU, but not silently
+        providers.warn_once(f"a GPU is present but {reason}; running the Llama classifier on CPU")
+        return DeviceChoice(requested, "CPU", note="GPU unused: llama-cpp-python is CPU-only"), 0
     return DeviceChoice(requested, "CPU"), 0
 
 

@@ -171,6 +171,13 @@ def create_ort_session(model, requested: str = "auto", *, threads: int = 0, stri
             raise _explain_onnx_error(model, exc) from exc
     got = sess.get_providers()[0]
     used = _SHORT.get(got, got)
+    if req == "auto" and used == "CPU":
+        if "CUDAExecutionProvider" in providers:   # asked for and available, yet the session did not get it
+            return sess, _unused_gpu("onnxruntime's CUDA provider failed to load (CUDA 12/13 or cuDNN 9 libraries "
+                                     "missing or mismatched; see README 'GPU install')", "CUDA provider failed")
+        if gpu_driver():
+            return sess, _unused_gpu("the installed onnxruntime is CPU-only: pip uninstall -y onnxruntime && "
+                                     "pip install onnxruntime-gpu (see README 'GPU install')", "onnxruntime is CPU-only")
     return sess, _report(req, used, strict)
 
 
@@ -199,9 +206,40 @@ def _report(requested: str, used: str, strict: bool) -> DeviceChoice:
     return DeviceChoice(requested, used, note=f"{requested} unavailable")
 
 
+def _unused_gpu(why: str, short: str) -> DeviceChoice:
+    """``auto`` on a machine with a GPU that this runtime cannot use: CPU is allowed, but never silently."""
+    warn_once(f"a GPU is present but {why}; running on CPU")
+    return DeviceChoice("auto", "CPU", note=f"GPU unused: {short}")
+
+
+_driver_probe: str | None | bool = False   # False: not probed yet
+
+
+def gpu_driver() -> str | None:
+    """'CUDA' or 'ROCm' when this process can load a GPU driver library (a dlopen: no GPU context, cheap), else
+    None; also None when CUDA_VISIBLE_DEVICES hides every GPU (the user's choice, not a fallback to report)."""
+    global _driver_probe
+    if _driver_probe is False:
+        _driver_probe = None
+        if os.environ.get("CUDA_VISIBLE_DEVICES", None) not in ("", "-1"):
+            import ctypes
+
+            libs = [("nvcuda.dll", "CUDA")] if os.name == "nt" else [("libcuda.so.1", "CUDA"), ("libcuda.so", "CUDA"),
+                                                                      ("libamdhip64.so", "ROCm")]
+            for lib, name in libs:
+                try:
+                    ctypes.CDLL(lib)
+                    _driver_probe = name
+                    break
+                except OSError:
+                    continue
+    return _driver_probe
+
+
 def refuse_fallback(choice: DeviceChoice, strict: bool) -> None:
-    """A model cached by an earlier, non-strict call may run on a fallback device: strict callers refuse it."""
-    if strict and choice.note:
+    """A model cached by an earlier, non-strict call may run on a fallback device: strict callers refuse it
+    (``auto`` allows CPU, so its notes never refuse)."""
+    if strict and choice.note and choice.requested != "auto":
         raise DeviceUnavailableError(f"{choice.requested} was requested but is not usable here "
                                      f"(strict mode: refusing to run on {choice.used}).")
 
@@ -214,7 +252,11 @@ def torch_device(requested: str = "auto", *, strict: bool = False) -> DeviceChoi
         raise ValueError(f"device '{requested}' is not supported for torch models: use auto, CPU or CUDA")
     if req == "CPU":
         return DeviceChoice(req, "CPU")
-    return _report(req, "CUDA" if cuda_usable() else "CPU", strict)
+    usable = cuda_usable()
+    if req == "auto" and not usable and gpu_driver() == "CUDA" and require("torch").version.cuda is None:
+        return _unused_gpu("the installed torch is CPU-only (reinstall ComfyUI's CUDA build of torch)",
+                           "torch is CPU-only")
+    return _report(req, "CUDA" if usable else "CPU", strict)
 
 
 def cuda_usable() -> bool:

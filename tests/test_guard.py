@@ -160,9 +160,16 @@ def test_registry_has_every_family_quantization_and_pins_only_with_revision():
 def test_gpu_layers_policy(monkeypatch, caplog):
     monkeypatch.setattr(guard, "_gpu_probe", (None, "this llama-cpp-python build is CPU-only"))
     monkeypatch.setattr(guard.providers, "_warned", set())
+    monkeypatch.setattr(guard.providers, "gpu_driver", lambda: None)
     assert guard.plan_device(0) == (guard.DeviceChoice("CPU", "CPU"), 0)
     choice, layers = guard.plan_device(-1)
-    assert (choice.used, choice.note, layers) == ("CPU", "", 0)  # auto: quietly CPU
+    assert (choice.used, choice.note, layers) == ("CPU", "", 0)  # auto without a GPU: quietly CPU
+    monkeypatch.setattr(guard.providers, "gpu_driver", lambda: "CUDA")
+    with caplog.at_level("WARNING"):
+        choice, layers = guard.plan_device(-1, strict=True)     # auto beside a GPU the build cannot use: says so
+    assert (choice.used, choice.note, layers) == ("CPU", "GPU unused: llama-cpp-python is CPU-only", 0)
+    assert "a GPU is present but this llama-cpp-python build is CPU-only" in caplog.text
+    caplog.clear()
     with caplog.at_level("WARNING"):
         choice, layers = guard.plan_device(20)
     assert (choice.requested, choice.used, layers) == ("CUDA", "CPU", 0) and "CPU-only" in caplog.text

@@ -6,12 +6,86 @@ from safecut import providers
 from safecut.errors import DeviceUnavailableError
 
 
-def test_auto_uses_cpu_here_and_reports_it(tiny_ben2_path):
-    sess, choice = providers.create_ort_session(tiny_ben2_path, "auto")
+def _real_cuda_ep() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def _torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+needs_no_cuda_ep = pytest.mark.skipif(_real_cuda_ep(), reason="onnxruntime has a CUDA provider here: no fallback to see")
+
+
+def _cpu_only_ort(monkeypatch, driver):
+    monkeypatch.setattr(providers, "ort_available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(providers, "gpu_driver", lambda: driver)
+    monkeypatch.setattr(providers, "_warned", set())
+
+
+def test_auto_without_a_gpu_is_quietly_cpu(tiny_ben2_path, monkeypatch, caplog):
+    _cpu_only_ort(monkeypatch, None)
+    with caplog.at_level(logging.WARNING, logger="safecut.providers"):
+        sess, choice = providers.create_ort_session(tiny_ben2_path, "auto")
     assert sess.get_providers()[0] == "CPUExecutionProvider"
-    assert choice.requested == "auto" and choice.used == "CPU" and choice.note == ""
+    assert choice == providers.DeviceChoice("auto", "CPU") and not caplog.records
 
 
+def test_auto_beside_a_gpu_that_cpu_only_onnxruntime_cannot_use_says_so(tiny_ben2_path, monkeypatch, caplog):
+    _cpu_only_ort(monkeypatch, "CUDA")
+    with caplog.at_level(logging.WARNING, logger="safecut.providers"):
+        for _ in range(2):
+            sess, choice = providers.create_ort_session(tiny_ben2_path, "auto", strict=True)  # auto allows CPU
+    assert sess.get_providers()[0] == "CPUExecutionProvider"
+    assert choice.describe() == "CPU (GPU unused: onnxruntime is CPU-only)"
+    providers.refuse_fallback(choice, strict=True)          # auto + strict: CPU is allowed, the note only informs
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "pip install onnxruntime-gpu" in warnings[0]
+
+
+@needs_no_cuda_ep
+def test_auto_when_the_cuda_provider_fails_to_load_says_so(tiny_ben2_path, monkeypatch, caplog):
+    # the provider is listed (onnxruntime-gpu installed) but the session cannot get it: the classic silent fallback
+    monkeypatch.setattr(providers, "ort_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(providers, "_warned", set())
+    with caplog.at_level(logging.WARNING, logger="safecut.providers"):
+        sess, choice = providers.create_ort_session(tiny_ben2_path, "auto")
+    assert sess.get_providers()[0] == "CPUExecutionProvider"
+    assert choice.describe() == "CPU (GPU unused: CUDA provider failed)"
+    assert "cuDNN" in caplog.text
+
+
+@pytest.mark.skipif(not _real_cuda_ep(), reason="needs onnxruntime-gpu and a GPU (run on a GPU machine)")
+def test_auto_uses_cuda_when_it_is_usable(tiny_ben2_path):
+    sess, choice = providers.create_ort_session(tiny_ben2_path, "auto")
+    assert sess.get_providers()[0] == "CUDAExecutionProvider"
+    assert choice == providers.DeviceChoice("auto", "CUDA")
+
+
+def test_gpu_driver_probe(monkeypatch):
+    import ctypes
+
+    loaded = []
+
+    def fake_cdll(name):
+        loaded.append(name)
+        if name != "libcuda.so.1":
+            raise OSError(name)
+
+    monkeypatch.setattr(ctypes, "CDLL", fake_cdll)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(providers, "_driver_probe", False)
+    assert providers.gpu_driver() == "CUDA" and providers.gpu_driver() == "CUDA" and loaded == ["libcuda.so.1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")       # GPUs hidden on purpose: nothing to report
+    monkeypatch.setattr(providers, "_driver_probe", False)
+    assert providers.gpu_driver() is None and loaded == ["libcuda.so.1"]
+
+
+@needs_no_cuda_ep
 def test_cuda_requested_without_cuda_falls_back_with_one_warning(tiny_ben2_path, caplog):
     providers._warned.clear()
     with caplog.at_level(logging.WARNING, logger="safecut.providers"):
@@ -22,6 +96,7 @@ def test_cuda_requested_without_cuda_falls_back_with_one_warning(tiny_ben2_path,
     assert len([r for r in caplog.records if "CUDA was requested" in r.getMessage()]) == 1
 
 
+@needs_no_cuda_ep
 def test_strict_refuses_fallback(tiny_ben2_path):
     with pytest.raises(DeviceUnavailableError, match="strict"):
         providers.create_ort_session(tiny_ben2_path, "CUDA", strict=True)
@@ -80,6 +155,7 @@ def test_corrupt_onnx_names_the_file(tmp_path):
         providers.create_ort_session(str(bad), "CPU")
 
 
+@pytest.mark.skipif(_torch_cuda(), reason="torch sees a GPU here: no fallback to see")
 def test_torch_device_auto_is_cpu_without_cuda():
     c = providers.torch_device("auto")
     assert c.used == "CPU"
@@ -87,3 +163,23 @@ def test_torch_device_auto_is_cpu_without_cuda():
     assert c2.used == "CPU" and c2.note
     with pytest.raises(DeviceUnavailableError):
         providers.torch_device("CUDA", strict=True)
+
+
+@pytest.mark.skipif(not _torch_cuda(), reason="needs a CUDA build of torch and a GPU (run on a GPU machine)")
+def test_torch_device_auto_is_cuda_with_cuda():
+    assert providers.torch_device("auto") == providers.DeviceChoice("auto", "CUDA")
+    assert providers.torch_device("CUDA", strict=True) == providers.DeviceChoice("CUDA", "CUDA")
+
+
+def test_torch_device_auto_beside_a_gpu_with_cpu_only_torch_says_so(monkeypatch, caplog):
+    import torch
+
+    monkeypatch.setattr(providers, "cuda_usable", lambda: False)
+    monkeypatch.setattr(providers, "gpu_driver", lambda: "CUDA")
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(providers, "_warned", set())
+    with caplog.at_level(logging.WARNING, logger="safecut.providers"):
+        c = providers.torch_device("auto", strict=True)
+    assert c.describe() == "CPU (GPU unused: torch is CPU-only)" and "CPU-only" in caplog.text
+    monkeypatch.setattr(providers, "gpu_driver", lambda: None)   # no GPU at all: quietly CPU
+    assert providers.torch_device("auto") == providers.DeviceChoice("auto", "CPU")
