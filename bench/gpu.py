@@ -118,6 +118,54 @@ def check_ben2(models: str, runs: int) -> dict:
     return row
 
 
+# ORT CUDA provider options worth knowing for a big one-shot graph: how the BFC arena grows, the cuDNN workspace,
+# the conv algorithm search, TF32, and the memory pattern.
+SWEEP = {
+    "defaults": {},
+    "arena kSameAsRequested": {"arena_extend_strategy": "kSameAsRequested"},
+    "+ cuDNN workspace off": {"arena_extend_strategy": "kSameAsRequested", "cudnn_conv_use_max_workspace": "0"},
+    "+ HEURISTIC conv search": {"arena_extend_strategy": "kSameAsRequested", "cudnn_conv_algo_search": "HEURISTIC"},
+    "workspace off + HEURISTIC": {"arena_extend_strategy": "kSameAsRequested", "cudnn_conv_use_max_workspace": "0",
+                                  "cudnn_conv_algo_search": "HEURISTIC"},
+    "arena kSameAsRequested, TF32 off": {"arena_extend_strategy": "kSameAsRequested", "use_tf32": "0"},
+}
+
+
+def probe_one(path: str, runs: int, device: str = "CUDA") -> dict:
+    """One fresh process: BEN2 on CUDA (strict) with SAFECUT_ORT_CUDA_OPTIONS as set by the caller."""
+    from safecut import ben2
+
+    base = _gpu_memory_mib()
+    t = time.perf_counter()
+    m = ben2.load_model(path, device, strict=True)
+    load = time.perf_counter() - t
+    after_load = _gpu_memory_mib()
+    x = ben2.preprocess(_images(1), m)
+    run = lambda: m.session.run([m.output_name], {m.input_name: x})[0]   # noqa: E731
+    r = _timed(run, runs)
+    out = np.asarray(r["last"], np.float32)
+    return {"load_s": round(load, 2), "first_call_s": r["first_s"], "steady_s": r["steady_s"], "min_s": r["min_s"],
+            "gpu_mib_loaded": after_load - base, "gpu_mib_after_runs": _gpu_memory_mib() - base,
+            "out_mean": float(out.mean())}
+
+
+def cuda_sweep(models: str, runs: int) -> dict:
+    from . import ben2_arch
+
+    path = os.path.join(models, "ben2", f"BEN2-standin-v{ben2_arch.ARCH_VERSION}.onnx")
+    if not os.path.exists(path):
+        ben2_arch.build(path)
+    rows = {}
+    for name, opts in SWEEP.items():
+        env = dict(os.environ, SAFECUT_ORT_CUDA_OPTIONS=json.dumps(opts))
+        p = subprocess.run([sys.executable, "-m", "bench.gpu", "--probe-one", path, "--runs", str(runs)], env=env,
+                           capture_output=True, text=True, timeout=300)
+        line = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+        rows[name] = json.loads(line[-1]) if p.returncode == 0 and line else {"error": p.stderr[-800:]}
+        print("sweep", name, json.dumps(rows[name]), flush=True)
+    return rows
+
+
 def check_nudenet(runs: int, batch: int = 8) -> dict:
     from safecut import nudenet
     from safecut.cache import get_cache
@@ -191,6 +239,8 @@ def to_markdown(res: dict) -> str:
              "| model | `auto` used | load | first call | steady (median) | GPU memory | vs CPU |",
              "|---|---|---|---|---|---|---|"]
     for name, row in res["models"].items():
+        if name == "sweep":
+            continue
         if "error" in row:
             lines.append(f"| {name} | error: {row['error']} | | | | | |")
             continue
@@ -203,6 +253,17 @@ def to_markdown(res: dict) -> str:
         what = f"{name} ({row.get('batch', 1)} image{'s' if row.get('batch', 1) > 1 else ''} a call)"
         lines.append(f"| {what} | {row['device']} | {row['load_s']} s | {row['first_call_s']} s | {row['steady_s']} s "
                      f"(min {row['min_s']}, max {row['max_s']}, {row['runs']} runs) | {row['gpu_mib']} MiB | {extra} |")
+    sweep = res["models"].get("sweep")
+    if sweep and "error" not in sweep:
+        lines += ["", "BEN2 at 1024² on CUDA, each row a fresh process (onnxruntime CUDA provider options):", "",
+                  "| options | load | first call | steady (median) | GPU memory after load | after the runs |",
+                  "|---|---|---|---|---|---|"]
+        for name, r in sweep.items():
+            if "error" in r:
+                lines.append(f"| {name} | error | | | | |")
+                continue
+            lines.append(f"| {name} | {r['load_s']} s | {r['first_call_s']} s | {r['steady_s']} s | "
+                         f"{r['gpu_mib_loaded']} MiB | {r['gpu_mib_after_runs']} MiB |")
     return "\n".join(lines) + "\n"
 
 
@@ -214,12 +275,18 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default=default_models_dir())
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--florence", choices=["base", "tiny", "none"], default="base")
-    ap.add_argument("--only", default="ben2,nudenet,florence,llama")
+    ap.add_argument("--only", default="ben2,nudenet,florence,llama,sweep")
+    ap.add_argument("--probe-one", metavar="ONNX", help=argparse.SUPPRESS)   # the sweep's fresh-process worker
+    ap.add_argument("--probe-device", default="CUDA", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.probe_one:
+        print(json.dumps(probe_one(a.probe_one, a.runs, a.probe_device)))
+        return 0
     res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "env": environment(), "models": {}}
     print(json.dumps(res["env"]), flush=True)
     checks = {"ben2": lambda: check_ben2(a.models, a.runs), "nudenet": lambda: check_nudenet(a.runs),
-              "florence": lambda: check_florence(a.models, a.florence, a.runs), "llama": check_llama}
+              "florence": lambda: check_florence(a.models, a.florence, a.runs), "llama": check_llama,
+              "sweep": lambda: cuda_sweep(a.models, a.runs)}
     for name in a.only.split(","):
         if name == "florence" and a.florence == "none":
             continue

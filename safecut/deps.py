@@ -25,7 +25,10 @@ def require(module: str):
         return importlib.import_module(module)
     except ImportError as exc:
         pkg, purpose, install = _KNOWN.get(module, (module, "this feature", f"pip install {module}"))
-        raise MissingDependencyError(pkg, purpose, install) from exc
+        missing = getattr(exc, "name", None) or ""
+        top = module.split(".")[0]
+        inner = missing if missing and missing.split(".")[0] != top else ""   # the package is there, a dependency is not
+        raise MissingDependencyError(pkg, purpose, install, inner) from exc
 
 
 def available(module: str) -> bool:

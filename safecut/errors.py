@@ -9,12 +9,18 @@ class SafeCutError(Exception):
 
 
 class MissingDependencyError(SafeCutError, ImportError):
-    def __init__(self, package: str, purpose: str, install: str):
+    def __init__(self, package: str, purpose: str, install: str, missing: str = ""):
+        """``missing``: the module that really failed when it is not the package itself (the package is
+        installed, one of its own dependencies is not)."""
         self.package = package
-        super().__init__(
-            f"SafeCut needs the Python package '{package}' for {purpose}, and it is not installed. "
-            f"Install it into the Python that runs ComfyUI: {install}"
-        )
+        if missing:
+            msg = (f"SafeCut needs the Python package '{package}' for {purpose}: it is installed, but importing it "
+                   f"failed because its dependency '{missing}' is missing. Install it into the Python that runs "
+                   f"ComfyUI: pip install {missing.split('.')[0]}")
+        else:
+            msg = (f"SafeCut needs the Python package '{package}' for {purpose}, and it is not installed. "
+                   f"Install it into the Python that runs ComfyUI: {install}")
+        super().__init__(msg)
 
 
 class ModelNotFoundError(SafeCutError, FileNotFoundError):

@@ -7,6 +7,7 @@ returns a :class:`DeviceChoice` saying what was asked and what is really used.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -100,6 +101,26 @@ def ort_provider_list(requested: str) -> list[str]:
     return wanted + ["CPUExecutionProvider"]
 
 
+# onnxruntime's CUDA provider options for every CUDA session. SAFECUT_ORT_CUDA_OPTIONS (a JSON object) adds to or
+# overrides them, e.g. '{"cudnn_conv_algo_search": "HEURISTIC"}'.
+CUDA_OPTIONS: dict[str, str] = {}
+
+
+def cuda_options() -> dict[str, str]:
+    opts = dict(CUDA_OPTIONS)
+    text = os.environ.get("SAFECUT_ORT_CUDA_OPTIONS", "").strip()
+    if text:
+        try:
+            extra = json.loads(text)
+            if not isinstance(extra, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            raise ValueError(f"SAFECUT_ORT_CUDA_OPTIONS must be a JSON object of onnxruntime CUDA provider "
+                             f"options, e.g. '{{\"cudnn_conv_algo_search\": \"HEURISTIC\"}}' ({exc})") from None
+        opts.update({str(k): str(v) for k, v in extra.items()})
+    return opts
+
+
 _preloaded = False
 
 
@@ -160,13 +181,14 @@ def create_ort_session(model, requested: str = "auto", *, threads: int = 0, stri
         else:
             opt_path = optimized_cache
     so = session_options(threads, optimized_path=opt_path, **memory)
+    asked = [(p, cuda_options()) if p == "CUDAExecutionProvider" else p for p in providers]
     try:
         with warnings.catch_warnings():  # ORT's own "provider not available" warning: we report it ourselves
             warnings.simplefilter("ignore", UserWarning)
-            sess = ort.InferenceSession(source, sess_options=so, providers=providers)
+            sess = ort.InferenceSession(source, sess_options=so, providers=asked)
     except Exception as exc:
         if source is not model:  # a stale/broken optimized graph must not block loading the real model
-            sess = ort.InferenceSession(model, sess_options=session_options(threads, **memory), providers=providers)
+            sess = ort.InferenceSession(model, sess_options=session_options(threads, **memory), providers=asked)
         else:
             raise _explain_onnx_error(model, exc) from exc
     got = sess.get_providers()[0]

@@ -703,3 +703,18 @@ def test_a_full_run_never_unpickles_spawns_or_downloads(env, kit, tiny_florence,
     gate.settle(decisions, guard.SafetyClassifier(FAMILY, "Q4_K_M", threads=1).classify)
     assert len(masks) == 2 and [d.verdict in ("SAFE", "UNSAFE") for d in decisions] == [True, True]
     assert trapped == []
+
+
+# ---- optional dependencies ------------------------------------------------------------------------------
+def test_missing_dependency_names_the_package_or_its_missing_dependency(tmp_path, monkeypatch):
+    from safecut.deps import require
+    from safecut.errors import MissingDependencyError
+
+    (tmp_path / "halfpkg").mkdir()
+    (tmp_path / "halfpkg" / "__init__.py").write_text("import safecut_no_such_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(MissingDependencyError, match="it is installed, but importing it failed because its "
+                                                     "dependency 'safecut_no_such_dependency' is missing"):
+        require("halfpkg")      # seen on a GPU worker: llama_cpp present, its diskcache not
+    with pytest.raises(MissingDependencyError, match="'safecut_absent_pkg' for this feature, and it is not installed"):
+        require("safecut_absent_pkg")

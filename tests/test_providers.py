@@ -183,3 +183,14 @@ def test_torch_device_auto_beside_a_gpu_with_cpu_only_torch_says_so(monkeypatch,
     assert c.describe() == "CPU (GPU unused: torch is CPU-only)" and "CPU-only" in caplog.text
     monkeypatch.setattr(providers, "gpu_driver", lambda: None)   # no GPU at all: quietly CPU
     assert providers.torch_device("auto") == providers.DeviceChoice("auto", "CPU")
+
+
+def test_cuda_options_env(monkeypatch):
+    monkeypatch.setattr(providers, "CUDA_OPTIONS", {"arena_extend_strategy": "kSameAsRequested"})
+    monkeypatch.setenv("SAFECUT_ORT_CUDA_OPTIONS", '{"cudnn_conv_algo_search": "HEURISTIC", "device_id": 0}')
+    assert providers.cuda_options() == {"arena_extend_strategy": "kSameAsRequested",
+                                        "cudnn_conv_algo_search": "HEURISTIC", "device_id": "0"}
+    for bad in ("HEURISTIC", "[1]"):
+        monkeypatch.setenv("SAFECUT_ORT_CUDA_OPTIONS", bad)
+        with pytest.raises(ValueError, match="SAFECUT_ORT_CUDA_OPTIONS must be a JSON object"):
+            providers.cuda_options()
