@@ -118,31 +118,38 @@ def check_ben2(models: str, runs: int) -> dict:
     return row
 
 
-# ORT CUDA provider options worth knowing for a big one-shot graph: how the BFC arena grows, the cuDNN workspace,
-# the conv algorithm search, TF32, and the memory pattern.
-SWEEP = {
-    "defaults": {},
-    "arena kSameAsRequested": {"arena_extend_strategy": "kSameAsRequested"},
-    "+ cuDNN workspace off": {"arena_extend_strategy": "kSameAsRequested", "cudnn_conv_use_max_workspace": "0"},
-    "+ HEURISTIC conv search": {"arena_extend_strategy": "kSameAsRequested", "cudnn_conv_algo_search": "HEURISTIC"},
-    "workspace off + HEURISTIC": {"arena_extend_strategy": "kSameAsRequested", "cudnn_conv_use_max_workspace": "0",
-                                  "cudnn_conv_algo_search": "HEURISTIC"},
-    "arena kSameAsRequested, TF32 off": {"arena_extend_strategy": "kSameAsRequested", "use_tf32": "0"},
+# ORT CUDA provider options and session memory settings worth knowing for a big one-shot graph: how the BFC
+# arena grows, the cuDNN workspace and conv algorithm search, TF32, the memory pattern, and a hard arena limit
+# (does the graph run inside it: its real need).
+_SAME = {"arena_extend_strategy": "kSameAsRequested"}
+_HEUR = dict(_SAME, cudnn_conv_algo_search="HEURISTIC")
+SWEEP = {   # name: (CUDA provider options, session settings over ben2.session_settings)
+    "defaults": ({}, {}),
+    "arena kSameAsRequested": (_SAME, {}),
+    "+ HEURISTIC conv search": (_HEUR, {}),
+    "+ cuDNN workspace off": (dict(_HEUR, cudnn_conv_use_max_workspace="0"), {}),
+    "+ memory pattern off": (_HEUR, {"mem_pattern": False}),
+    "+ memory pattern off, arena limit 4 GiB": (dict(_HEUR, gpu_mem_limit=str(4 << 30)), {"mem_pattern": False}),
+    "+ memory pattern off, arena limit 3 GiB": (dict(_HEUR, gpu_mem_limit=str(3 << 30)), {"mem_pattern": False}),
+    "+ memory pattern off, arena limit 2 GiB": (dict(_HEUR, gpu_mem_limit=str(2 << 30)), {"mem_pattern": False}),
+    "TF32 off": (dict(_SAME, use_tf32="0"), {}),
 }
 
 
 def probe_one(path: str, runs: int, device: str = "CUDA") -> dict:
-    """One fresh process: BEN2 on CUDA (strict) with SAFECUT_ORT_CUDA_OPTIONS as set by the caller."""
-    from safecut import ben2
+    """One fresh process: the BEN2 ONNX on ``device`` (strict) with SAFECUT_ORT_CUDA_OPTIONS as set by the caller
+    and BENCH_SESSION (JSON) over the product's session settings."""
+    from safecut import ben2, providers
 
+    settings = dict(ben2.session_settings(path), **json.loads(os.environ.get("BENCH_SESSION") or "{}"))
     base = _gpu_memory_mib()
     t = time.perf_counter()
-    m = ben2.load_model(path, device, strict=True)
+    sess, _ = providers.create_ort_session(path, device, strict=True, **settings)
     load = time.perf_counter() - t
     after_load = _gpu_memory_mib()
-    x = ben2.preprocess(_images(1), m)
-    run = lambda: m.session.run([m.output_name], {m.input_name: x})[0]   # noqa: E731
-    r = _timed(run, runs)
+    inp = sess.get_inputs()[0]
+    x = np.random.default_rng(0).random([d if isinstance(d, int) else 1 for d in inp.shape], np.float32)
+    r = _timed(lambda: sess.run(None, {inp.name: x})[0], runs)
     out = np.asarray(r["last"], np.float32)
     return {"load_s": round(load, 2), "first_call_s": r["first_s"], "steady_s": r["steady_s"], "min_s": r["min_s"],
             "gpu_mib_loaded": after_load - base, "gpu_mib_after_runs": _gpu_memory_mib() - base,
@@ -156,12 +163,12 @@ def cuda_sweep(models: str, runs: int) -> dict:
     if not os.path.exists(path):
         ben2_arch.build(path)
     rows = {}
-    for name, opts in SWEEP.items():
-        env = dict(os.environ, SAFECUT_ORT_CUDA_OPTIONS=json.dumps(opts))
+    for name, (opts, session) in SWEEP.items():
+        env = dict(os.environ, SAFECUT_ORT_CUDA_OPTIONS=json.dumps(opts), BENCH_SESSION=json.dumps(session))
         p = subprocess.run([sys.executable, "-m", "bench.gpu", "--probe-one", path, "--runs", str(runs)], env=env,
                            capture_output=True, text=True, timeout=300)
         line = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-        rows[name] = json.loads(line[-1]) if p.returncode == 0 and line else {"error": p.stderr[-800:]}
+        rows[name] = json.loads(line[-1]) if p.returncode == 0 and line else {"error": p.stderr[-300:]}
         print("sweep", name, json.dumps(rows[name]), flush=True)
     return rows
 
@@ -260,7 +267,7 @@ def to_markdown(res: dict) -> str:
                   "|---|---|---|---|---|---|"]
         for name, r in sweep.items():
             if "error" in r:
-                lines.append(f"| {name} | error | | | | |")
+                lines.append(f"| {name} | failed: {r['error'].strip().splitlines()[-1][:160]} | | | | |")
                 continue
             lines.append(f"| {name} | {r['load_s']} s | {r['first_call_s']} s | {r['steady_s']} s | "
                          f"{r['gpu_mib_loaded']} MiB | {r['gpu_mib_after_runs']} MiB |")

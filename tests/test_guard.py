@@ -202,7 +202,9 @@ def test_prefix_is_evaluated_once_and_reused(llm_dir):
     assert tail == int(tail) and 0 < tail < run1["prefix_tokens"]
     assert run2["suffix_tokens"] == sum(r.caption_tokens for r in second) + 4 * tail
     assert [r.p_unsafe for r in first] == [r.p_unsafe for r in second[:3]]  # deterministic, order-independent
-    assert clf.device.used == "CPU" and clf.device_description() == "CPU"
+    gpu, _ = guard._gpu_backend()   # what auto runs here: a GPU build's GPU, else CPU (noted beside an unused GPU)
+    unused = "CPU (GPU unused: llama-cpp-python is CPU-only)" if guard.providers.gpu_driver() else "CPU"
+    assert clf.device.used == (gpu or "CPU") and clf.device_description() == (gpu or unused)
 
 
 def test_kv_reuse_gives_the_same_logits_as_a_full_evaluation(llm_dir):
