@@ -121,18 +121,20 @@ def check_ben2(models: str, runs: int) -> dict:
 # ORT CUDA provider options and session memory settings worth knowing for a big one-shot graph: how the BFC
 # arena grows, the cuDNN workspace and conv algorithm search, TF32, the memory pattern, and a hard arena limit
 # (does the graph run inside it: its real need).
-_SAME = {"arena_extend_strategy": "kSameAsRequested"}
-_HEUR = dict(_SAME, cudnn_conv_algo_search="HEURISTIC")
-SWEEP = {   # name: (CUDA provider options, session settings over ben2.session_settings)
-    "defaults": ({}, {}),
-    "arena kSameAsRequested": (_SAME, {}),
-    "+ HEURISTIC conv search": (_HEUR, {}),
-    "+ cuDNN workspace off": (dict(_HEUR, cudnn_conv_use_max_workspace="0"), {}),
-    "+ memory pattern off": (_HEUR, {"mem_pattern": False}),
+_SAME = {"arena_extend_strategy": "kSameAsRequested"}          # ORT's default is kNextPowerOfTwo
+_HEUR = dict(_SAME, cudnn_conv_algo_search="HEURISTIC")        # ORT's default is EXHAUSTIVE
+_ORT = {"arena_extend_strategy": "kNextPowerOfTwo", "cudnn_conv_algo_search": "EXHAUSTIVE"}
+_PATTERN = {"mem_pattern": True}
+SWEEP = {   # name: (CUDA provider options, session settings over ben2.session_settings(cuda=True))
+    "ORT defaults": (_ORT, _PATTERN),
+    "arena kSameAsRequested": (dict(_ORT, **_SAME), _PATTERN),
+    "+ HEURISTIC conv search": (_HEUR, _PATTERN),
+    "+ cuDNN workspace off": (dict(_HEUR, cudnn_conv_use_max_workspace="0"), _PATTERN),
+    "+ memory pattern off (SafeCut's default)": (_HEUR, {"mem_pattern": False}),
     "+ memory pattern off, arena limit 4 GiB": (dict(_HEUR, gpu_mem_limit=str(4 << 30)), {"mem_pattern": False}),
     "+ memory pattern off, arena limit 3 GiB": (dict(_HEUR, gpu_mem_limit=str(3 << 30)), {"mem_pattern": False}),
     "+ memory pattern off, arena limit 2 GiB": (dict(_HEUR, gpu_mem_limit=str(2 << 30)), {"mem_pattern": False}),
-    "TF32 off": (dict(_SAME, use_tf32="0"), {}),
+    "TF32 off": (dict(_ORT, **_SAME, use_tf32="0"), _PATTERN),
 }
 
 
@@ -141,10 +143,10 @@ def probe_one(path: str, runs: int, device: str = "CUDA") -> dict:
     and BENCH_SESSION (JSON) over the product's session settings."""
     from safecut import ben2, providers
 
-    settings = dict(ben2.session_settings(path), **json.loads(os.environ.get("BENCH_SESSION") or "{}"))
+    settings = dict(ben2.session_settings(path, cuda=device == "CUDA"), **json.loads(os.environ.get("BENCH_SESSION") or "{}"))
     base = _gpu_memory_mib()
     t = time.perf_counter()
-    sess, _ = providers.create_ort_session(path, device, strict=True, **settings)
+    sess, _ = providers.create_ort_session(path, device, strict=True, cuda=ben2.CUDA_OPTIONS, **settings)
     load = time.perf_counter() - t
     after_load = _gpu_memory_mib()
     inp = sess.get_inputs()[0]

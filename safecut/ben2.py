@@ -34,6 +34,11 @@ ORT_SESSION = {"cpu_arena": False, "mem_pattern": True}
 # fp32's 2.5-2.6 GB. Its per-tensor mallocs then need huge pages to stay fast (hugepages.py: 21-23 vs 24-28 s a call)
 # and glibc's mmap threshold pinned to keep the first call as fast as the next (+1-3 % instead of +11 %).
 ORT_SESSION_QUANTIZED = {"cpu_arena": False, "mem_pattern": False, "optimization": "extended"}
+# On CUDA (fresh processes on an H200, BEN2 at 1024², bench/gpu.py sweep): without the memory pattern the arena
+# held 5.4 instead of 7.5 GB after the runs, at the same speed (0.050 s); cuDNN's HEURISTIC conv search made the
+# first call 0.45-0.54 instead of 0.70-1.06 s, again at the same speed. A 4 GiB arena limit was too small.
+ORT_SESSION_CUDA = {"mem_pattern": False}
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
 # What a loaded BEN2 holds besides its weights, per input pixel of one image, measured as the peak RSS
 # growth of load + first run minus the file size (bench section ben2, real architecture at 1024²). The cache
 # charges file size + this x H x W until the first run measures the real growth.
@@ -108,14 +113,16 @@ def is_quantized(path: str) -> bool:
     return b"\x12\x0donnx.quantize" in head   # tag: field 2, length-delimited; length 13
 
 
-def session_settings(path: str | None = None) -> dict:
+def session_settings(path: str | None = None, cuda: bool = False) -> dict:
+    """``cuda``: the session will ask for the CUDA provider (a fallback to CPU then runs without the memory
+    pattern, as the quantized model does: the mmap threshold below keeps that fast)."""
     base = ORT_SESSION_QUANTIZED if path and is_quantized(path) else ORT_SESSION
-    return dict(base, spinning=os.environ.get("SAFECUT_ORT_SPINNING", "1") != "0")
+    return dict(base, **(ORT_SESSION_CUDA if cuda else {}), spinning=os.environ.get("SAFECUT_ORT_SPINNING", "1") != "0")
 
 
 def load_model(path: str, device: str = "auto", threads: int = 0, *, strict: bool = False) -> Ben2Model:
-    settings = session_settings(path)
-    sess, choice = providers.create_ort_session(path, device, threads=threads, strict=strict,
+    settings = session_settings(path, cuda="CUDAExecutionProvider" in providers.ort_provider_list(device))
+    sess, choice = providers.create_ort_session(path, device, threads=threads, strict=strict, cuda=CUDA_OPTIONS,
                                                 optimized_cache=_optimized_cache_path(path), **settings)
     if not settings["mem_pattern"] and choice.used == "CPU":   # per-tensor mallocs on every call
         hugepages.pin_mmap_threshold()                          # reuse heap blocks from the first call on

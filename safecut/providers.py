@@ -101,13 +101,15 @@ def ort_provider_list(requested: str) -> list[str]:
     return wanted + ["CPUExecutionProvider"]
 
 
-# onnxruntime's CUDA provider options for every CUDA session. SAFECUT_ORT_CUDA_OPTIONS (a JSON object) adds to or
-# overrides them, e.g. '{"cudnn_conv_algo_search": "HEURISTIC"}'.
-CUDA_OPTIONS: dict[str, str] = {}
+# onnxruntime's CUDA provider options for every CUDA session. The BFC arena grows by what is asked, not to the next
+# power of two: BEN2 at 1024² held 7.5 instead of 7.9 GB on an H200, at the same speed (bench/gpu.py sweep).
+# A model adds its own (``create_ort_session(cuda_options=...)``); SAFECUT_ORT_CUDA_OPTIONS (a JSON object) adds to or
+# overrides both, e.g. '{"cudnn_conv_algo_search": "EXHAUSTIVE"}'.
+CUDA_OPTIONS: dict[str, str] = {"arena_extend_strategy": "kSameAsRequested"}
 
 
-def cuda_options() -> dict[str, str]:
-    opts = dict(CUDA_OPTIONS)
+def cuda_options(model_options: dict[str, str] | None = None) -> dict[str, str]:
+    opts = dict(CUDA_OPTIONS, **(model_options or {}))
     text = os.environ.get("SAFECUT_ORT_CUDA_OPTIONS", "").strip()
     if text:
         try:
@@ -162,11 +164,12 @@ def session_options(threads: int = 0, *, spinning: bool | None = None, optimized
 
 
 def create_ort_session(model, requested: str = "auto", *, threads: int = 0, strict: bool = False,
-                       optimized_cache: str | None = None, **memory):
+                       optimized_cache: str | None = None, cuda: dict[str, str] | None = None, **memory):
     """Create an InferenceSession and report the provider it really got.
 
     ``model`` is a path or serialized bytes. ``optimized_cache`` is a path where ORT's optimized
     graph is saved (CPU only: NCHWc layouts are CPU-specific) and loaded from on the next cold start.
+    ``cuda``: this model's CUDA provider options, over CUDA_OPTIONS.
     """
     ort = require("onnxruntime")
     req = normalize(requested)
@@ -181,7 +184,7 @@ def create_ort_session(model, requested: str = "auto", *, threads: int = 0, stri
         else:
             opt_path = optimized_cache
     so = session_options(threads, optimized_path=opt_path, **memory)
-    asked = [(p, cuda_options()) if p == "CUDAExecutionProvider" else p for p in providers]
+    asked = [(p, cuda_options(cuda)) if p == "CUDAExecutionProvider" else p for p in providers]
     try:
         with warnings.catch_warnings():  # ORT's own "provider not available" warning: we report it ourselves
             warnings.simplefilter("ignore", UserWarning)

@@ -190,6 +190,11 @@ def test_cuda_options_env(monkeypatch):
     monkeypatch.setenv("SAFECUT_ORT_CUDA_OPTIONS", '{"cudnn_conv_algo_search": "HEURISTIC", "device_id": 0}')
     assert providers.cuda_options() == {"arena_extend_strategy": "kSameAsRequested",
                                         "cudnn_conv_algo_search": "HEURISTIC", "device_id": "0"}
+    model = {"cudnn_conv_algo_search": "EXHAUSTIVE", "use_tf32": "0"}      # a model's own, under the user's
+    assert providers.cuda_options(model) == {"arena_extend_strategy": "kSameAsRequested", "use_tf32": "0",
+                                             "cudnn_conv_algo_search": "HEURISTIC", "device_id": "0"}
+    monkeypatch.delenv("SAFECUT_ORT_CUDA_OPTIONS")
+    assert providers.cuda_options(model)["cudnn_conv_algo_search"] == "EXHAUSTIVE"
     for bad in ("HEURISTIC", "[1]"):
         monkeypatch.setenv("SAFECUT_ORT_CUDA_OPTIONS", bad)
         with pytest.raises(ValueError, match="SAFECUT_ORT_CUDA_OPTIONS must be a JSON object"):
