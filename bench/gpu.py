@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -240,6 +241,16 @@ def check_llama() -> dict:
         return {"device": f"not checked: {type(exc).__name__}: {exc}"}
 
 
+def _explain(error: str) -> str:
+    """ORT's arena error in a table cell: which node ran out and by how much, else the error's last line."""
+    node = re.search(r"(\w+) node\. Name:'([^']+)'", error)
+    asked = re.search(r"Available memory of (\d+) is smaller than requested bytes of (\d+)", error)
+    if node and asked:
+        left, want = (int(v) >> 20 for v in asked.groups())
+        return f"out of arena memory at {node.group(1)} `{node.group(2)}` (asked {want} MiB, {left} MiB left)"
+    return error.strip().splitlines()[-1][:160] if error.strip() else "failed"
+
+
 def to_markdown(res: dict) -> str:
     env = res["env"]
     lines = [f"GPU check ({res['date']}): {env.get('gpu')}; onnxruntime {env.get('onnxruntime')} "
@@ -269,7 +280,7 @@ def to_markdown(res: dict) -> str:
                   "|---|---|---|---|---|---|"]
         for name, r in sweep.items():
             if "error" in r:
-                lines.append(f"| {name} | failed: {r['error'].strip().splitlines()[-1][:160]} | | | | |")
+                lines.append(f"| {name} | failed: {_explain(r['error'])} | | | | |")
                 continue
             lines.append(f"| {name} | {r['load_s']} s | {r['first_call_s']} s | {r['steady_s']} s | "
                          f"{r['gpu_mib_loaded']} MiB | {r['gpu_mib_after_runs']} MiB |")
@@ -285,9 +296,14 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--florence", choices=["base", "tiny", "none"], default="base")
     ap.add_argument("--only", default="ben2,nudenet,florence,llama,sweep")
+    ap.add_argument("--render", metavar="JSON", help="print the markdown of a saved gpu.json and exit")
     ap.add_argument("--probe-one", metavar="ONNX", help=argparse.SUPPRESS)   # the sweep's fresh-process worker
     ap.add_argument("--probe-device", default="CUDA", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.render:
+        with open(a.render) as f:
+            print(to_markdown(json.load(f)), end="")
+        return 0
     if a.probe_one:
         print(json.dumps(probe_one(a.probe_one, a.runs, a.probe_device)))
         return 0
