@@ -271,3 +271,21 @@ def test_cuda_sessions_run_without_the_memory_pattern(tiny_ben2_path, monkeypatc
     ben2.load_model(tiny_ben2_path, "auto")
     assert seen[0]["mem_pattern"] is True and seen[1]["mem_pattern"] is False
     assert seen[1]["cuda"] == {"cudnn_conv_algo_search": "HEURISTIC"}
+
+
+def test_preprocess_matches_the_plain_hwc_formula():
+    """Channels resized straight into NCHW must give exactly what stacking HWC images and transposing gives."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(3)
+    mean = np.asarray([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)
+    images = [rng.random((48, 80, 3), np.float32), rng.random((64, 64, 4), np.float32),   # RGBA: alpha ignored
+              rng.random((64, 64, 3), np.float32)]                                        # already model-sized
+    for dtype in (np.float32, np.float16):
+        m = SimpleNamespace(size=(64, 64), mean=mean, std=std, input_dtype=dtype)
+        hwc = np.stack([ben2._resize(im[..., :3], m.size) for im in images]).transpose(0, 3, 1, 2)
+        want = np.ascontiguousarray((hwc - mean) / std, dtype=dtype)
+        got = ben2.preprocess(images, m)
+        assert got.dtype == dtype and got.shape == (3, 3, 64, 64) and got.flags.c_contiguous
+        assert np.array_equal(got, want)
