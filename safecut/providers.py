@@ -103,7 +103,7 @@ def ort_provider_list(requested: str) -> list[str]:
 
 # onnxruntime's CUDA provider options for every CUDA session. The BFC arena grows by what is asked, not to the next
 # power of two: BEN2 at 1024² held 7.5 instead of 7.9 GB on an H200, at the same speed (bench/gpu.py sweep).
-# A model adds its own (``create_ort_session(cuda_options=...)``); SAFECUT_ORT_CUDA_OPTIONS (a JSON object) adds to or
+# A model adds its own (``create_ort_session(cuda=...)``); SAFECUT_ORT_CUDA_OPTIONS (a JSON object) adds to or
 # overrides both, e.g. '{"cudnn_conv_algo_search": "EXHAUSTIVE"}'.
 CUDA_OPTIONS: dict[str, str] = {"arena_extend_strategy": "kSameAsRequested"}
 
@@ -196,13 +196,13 @@ def create_ort_session(model, requested: str = "auto", *, threads: int = 0, stri
             raise _explain_onnx_error(model, exc) from exc
     got = sess.get_providers()[0]
     used = _SHORT.get(got, got)
-    if req == "auto" and used == "CPU":
+    if req == "auto" and used == "CPU" and gpu_driver() == "CUDA":   # an NVIDIA GPU is there (auto asks ORT for CUDA
+        # only; onnxruntime-gpu installed on a machine without a GPU is no fallback to report)
         if "CUDAExecutionProvider" in providers:   # asked for and available, yet the session did not get it
             return sess, _unused_gpu("onnxruntime's CUDA provider failed to load (CUDA 12/13 or cuDNN 9 libraries "
                                      "missing or mismatched; see README 'GPU install')", "CUDA provider failed")
-        if gpu_driver():
-            return sess, _unused_gpu("the installed onnxruntime is CPU-only: pip uninstall -y onnxruntime && "
-                                     "pip install onnxruntime-gpu (see README 'GPU install')", "onnxruntime is CPU-only")
+        return sess, _unused_gpu("the installed onnxruntime is CPU-only: pip uninstall -y onnxruntime && "
+                                 "pip install onnxruntime-gpu (see README 'GPU install')", "onnxruntime is CPU-only")
     return sess, _report(req, used, strict)
 
 

@@ -52,6 +52,11 @@ def test_auto_when_the_cuda_provider_fails_to_load_says_so(tiny_ben2_path, monke
     # the provider is listed (onnxruntime-gpu installed) but the session cannot get it: the classic silent fallback
     monkeypatch.setattr(providers, "ort_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(providers, "_warned", set())
+    monkeypatch.setattr(providers, "gpu_driver", lambda: None)     # onnxruntime-gpu on a machine without a GPU
+    with caplog.at_level(logging.WARNING, logger="safecut.providers"):
+        sess, choice = providers.create_ort_session(tiny_ben2_path, "auto")
+    assert choice == providers.DeviceChoice("auto", "CPU") and not caplog.records   # CPU is right there: quiet
+    monkeypatch.setattr(providers, "gpu_driver", lambda: "CUDA")
     with caplog.at_level(logging.WARNING, logger="safecut.providers"):
         sess, choice = providers.create_ort_session(tiny_ben2_path, "auto")
     assert sess.get_providers()[0] == "CPUExecutionProvider"
