@@ -15,8 +15,9 @@ CATEGORY = "SafeCut"
 
 # ---- widget definitions (one source, so every node offers the same choices) ---------------------
 DEVICE = (["auto", "CPU", "CUDA"], {"default": "auto", "tooltip":
-          "auto: CUDA when it is really usable, else CPU. Asking for CUDA where there is none runs on CPU "
-          "with a warning (the device actually used is shown on the node)."})
+          "auto: CUDA when it is really usable, else CPU (shown as 'CPU (GPU unused: …)' when a GPU is there but "
+          "the installed runtime cannot use it). Asking for CUDA where there is none runs on CPU with a warning. "
+          "The device actually used is shown on the node."})
 THREADS = ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "CPU threads; 0 = one per physical core."})
 KEEP_LOADED = ("BOOLEAN", {"default": True, "tooltip":
                "Keep the model in SafeCut's cache for the next run (fast). Off frees its memory after this node."})
