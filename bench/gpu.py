@@ -89,18 +89,24 @@ def _timed(fn, runs: int) -> dict:
             "max_s": round(max(times), 4), "runs": runs}
 
 
+def _standin(models: str) -> tuple[str, str]:
+    """The full-size BEN2 stand-in where `python -m bench` keeps it (built here when missing): (path, how)."""
+    from . import ben2_arch
+    from .models import BEN2_STEM
+
+    path = os.path.join(models, "ben2", f"{BEN2_STEM}-v{ben2_arch.ARCH_VERSION}.onnx")
+    if os.path.exists(path):
+        return path, "cached"
+    t = time.perf_counter()
+    ben2_arch.build(path)
+    return path, f"built in {time.perf_counter() - t:.0f} s"
+
+
 def check_ben2(models: str, runs: int) -> dict:
     from safecut import ben2
     from safecut.cache import get_cache
 
-    from . import ben2_arch
-
-    path = os.path.join(models, "ben2", f"BEN2-standin-v{ben2_arch.ARCH_VERSION}.onnx")
-    t = time.perf_counter()
-    built = "cached"
-    if not os.path.exists(path):
-        ben2_arch.build(path)
-        built = f"built in {time.perf_counter() - t:.0f} s"
+    path, built = _standin(models)
     img = _images(1)
     mem0 = _gpu_memory_mib()
     r = _timed(lambda: ben2.remove_background(img, path, device="auto"), runs)
@@ -160,11 +166,7 @@ def probe_one(path: str, runs: int, device: str = "CUDA") -> dict:
 
 
 def cuda_sweep(models: str, runs: int) -> dict:
-    from . import ben2_arch
-
-    path = os.path.join(models, "ben2", f"BEN2-standin-v{ben2_arch.ARCH_VERSION}.onnx")
-    if not os.path.exists(path):
-        ben2_arch.build(path)
+    path, _ = _standin(models)
     rows = {}
     for name, (opts, session) in SWEEP.items():
         env = dict(os.environ, SAFECUT_ORT_CUDA_OPTIONS=json.dumps(opts), BENCH_SESSION=json.dumps(session))

@@ -338,3 +338,24 @@ def test_report_judges_the_4_gb_worker_rows_on_what_happened():
     (t,) = targets(row(error="pipeline failed (exit -9)", oom_kills=1))
     assert not t["met"] and "OOM kills 1" in t["measured"]
     assert targets(row(unmeasured="no writable memory cgroup")) == []
+
+
+def test_gpu_check_runs_anywhere_and_reports_what_ran(tmp_path, tiny_ben2_path):
+    """bench.gpu on this CPU-only machine: every engine says it ran on CPU; the table renders from the JSON; the
+    sweep's worker measures one fresh process; ORT's arena errors become a readable cell."""
+    from bench import gpu
+
+    out = tmp_path / "gpu"
+    assert gpu.main(["--only", "nudenet,florence,llama", "--florence", "tiny", "--runs", "1",
+                     "--models", str(tmp_path / "models"), "--out", str(out)]) == 0
+    res = json.loads((out / "gpu.json").read_text())
+    assert res["models"]["nudenet"]["device"] == "CPU" and res["models"]["nudenet"]["same_verdicts_and_counts"]
+    assert res["models"]["florence"]["dtype"] == "fp32" and res["models"]["llama"]["device"].startswith("CPU")
+    assert gpu.to_markdown(res) == (out / "gpu.md").read_text()
+    r = subprocess.run([sys.executable, "-m", "bench.gpu", "--probe-one", tiny_ben2_path, "--probe-device", "CPU",
+                        "--runs", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    row = json.loads(r.stdout.strip().splitlines()[-1])
+    assert r.returncode == 0 and row["steady_s"] > 0 and 0 < row["out_mean"] < 1
+    err = ("Non-zero status code returned while running Conv node. Name:'/up/Conv' Status Message: bfc_arena.cc:360 "
+           "Available memory of 433810176 is smaller than requested bytes of 1080623872")
+    assert gpu._explain(err) == "out of arena memory at Conv `/up/Conv` (asked 1030 MiB, 413 MiB left)"
