@@ -3,7 +3,10 @@
 * registers SafeCut's model folders with ``folder_paths`` (append, never overwrite: keeps
   extra_model_paths.yaml entries) and points the engine's model finder at them;
 * makes ComfyUI's "Unload models" / ``POST /free`` also empty SafeCut's cache, by wrapping
-  ``comfy.model_management.unload_all_models`` (idempotent, signature-agnostic, never fatal).
+  ``comfy.model_management.unload_all_models`` (idempotent, signature-agnostic, never fatal);
+* gives GPU memory back when ComfyUI needs it: its ``free_memory(memory_required, device)`` (called before it loads
+  a model) first unloads SafeCut's GPU models when the device has less free than required. ONNX Runtime keeps its
+  CUDA arena until the session closes (BEN2 at 1024²: 5.4 GB on an H200), which ComfyUI cannot see or free.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import logging
 import os
 
 from ..safecut import modelfiles
-from ..safecut.cache import get_cache
+from ..safecut.cache import get_cache, on_gpu
 
 log = logging.getLogger("safecut")
 _MARK = "_safecut_wrapped"
@@ -25,6 +28,7 @@ def install() -> bool:
         return False  # not inside ComfyUI (tests, CLI)
     register_folders(folder_paths)
     wrap_unload()
+    wrap_free_memory()
     return True
 
 
@@ -57,3 +61,25 @@ def wrap_unload() -> None:
 
     setattr(unload_all_models, _MARK, True)
     mm.unload_all_models = unload_all_models
+
+
+def wrap_free_memory() -> None:
+    try:
+        import comfy.model_management as mm  # type: ignore
+    except Exception:
+        return  # wrap_unload already said so
+    original = getattr(mm, "free_memory", None)
+    if original is None or getattr(original, _MARK, False):
+        return
+
+    @functools.wraps(original)
+    def free_memory(memory_required, device, *args, **kwargs):
+        try:   # ComfyUI's own calls look this module global up at call time, so they come through here too
+            if getattr(device, "type", None) != "cpu" and mm.get_free_memory(device) < memory_required:
+                get_cache().unload(where=on_gpu)   # closing also empties torch's CUDA cache (cache._close_all)
+        except Exception as exc:  # never break ComfyUI's own memory management
+            log.warning("SafeCut: could not free SafeCut's GPU models: %s", exc)
+        return original(memory_required, device, *args, **kwargs)
+
+    setattr(free_memory, _MARK, True)
+    mm.free_memory = free_memory

@@ -95,6 +95,15 @@ def _release(model: Any, closer: Callable[[Any], None] | None) -> None:
         log.warning("SafeCut: closing a cached model failed: %s", exc)
 
 
+def on_gpu(model: Any) -> bool:
+    """True for a loaded model that holds GPU memory: its DeviceChoice (ORT sessions, llama.cpp) says it runs on a
+    GPU, or its torch device (Florence-2) is CUDA."""
+    used = getattr(getattr(model, "device", None), "used", None)
+    if used is not None:
+        return used != "CPU"
+    return getattr(model, "torch_device", "cpu") != "cpu"
+
+
 class ModelCache:
     def __init__(self, max_models: int | None = None, max_bytes: int | None = None):
         self._lock = threading.RLock()
@@ -144,10 +153,12 @@ class ModelCache:
         self._close_all(to_close)
         return entry is not None
 
-    def unload(self, kind: str | None = None) -> int:
-        """Unload every model (or every model of ``kind``). Returns how many were removed."""
+    def unload(self, kind: str | None = None, where: Callable[[Any], bool] | None = None) -> int:
+        """Unload every model (or every model of ``kind``, or every model ``where(model)`` holds true for, e.g.
+        :func:`on_gpu`). Returns how many were removed. Models in use stay open until their users finish."""
         with self._lock:
-            keys = [k for k in self._entries if kind is None or k.kind == kind]
+            keys = [k for k, e in self._entries.items()
+                    if (kind is None or k.kind == kind) and (where is None or where(e.model))]
             to_close = []
             for k in keys:
                 to_close += self._retire(self._entries.pop(k))

@@ -154,6 +154,39 @@ def test_comfy_unload_also_empties_our_cache_and_wrap_is_idempotent(pack, fake_c
         pack.safecut.modelfiles.set_folder_provider(None)
 
 
+def test_comfy_free_memory_takes_back_our_gpu_models_only_under_pressure(pack, fake_comfy):
+    fp, mm, calls = fake_comfy
+    hooks = pack.nodes.comfy_hooks
+    cache_mod = pack.safecut.cache
+    cache = cache_mod.get_cache()
+    Choice = pack.safecut.providers.DeviceChoice
+    free = {"bytes": 10 << 30}
+    mm.get_free_memory = lambda dev=None, torch_free_too=False: free["bytes"]
+    mm.free_memory = lambda memory_required, device, keep_loaded=[]: calls.append(("free", memory_required))
+    cuda, cpu = types.SimpleNamespace(type="cuda"), types.SimpleNamespace(type="cpu")
+    models = {"ben2-gpu": types.SimpleNamespace(device=Choice("auto", "CUDA")),
+              "nudenet-cpu": types.SimpleNamespace(device=Choice("auto", "CPU")),
+              "florence-gpu": types.SimpleNamespace(torch_device="cuda"),
+              "florence-cpu": types.SimpleNamespace(torch_device="cpu")}
+    try:
+        for name, m in models.items():
+            cache.get(cache_mod.ModelKey(name, "/" + name), lambda m=m: m, closer=lambda m: None)
+        hooks.wrap_free_memory()
+        hooks.wrap_free_memory()                       # idempotent
+        mm.free_memory(4 << 30, cuda)                  # enough free: ours stay
+        mm.free_memory(64 << 30, cpu)                  # CPU memory is the cache budget's business, not this hook's
+        assert len(cache.keys()) == 4
+        free["bytes"] = 1 << 30
+        mm.free_memory(4 << 30, cuda, [])              # pressure: our GPU models go, CPU ones stay
+        assert sorted(k.kind for k in cache.keys()) == ["florence-cpu", "nudenet-cpu"]
+        assert calls == [("free", 4 << 30), ("free", 64 << 30), ("free", 4 << 30)]   # ComfyUI's own always runs
+        mm.get_free_memory = lambda *a, **k: 1 / 0    # a failure in our part never breaks ComfyUI's
+        mm.free_memory(4 << 30, cuda)
+        assert calls[-1] == ("free", 4 << 30)
+    finally:
+        cache.unload()
+
+
 def test_unload_node(pack):
     cache = pack.safecut.cache.get_cache()
     cache.get(pack.safecut.cache.ModelKey("ben2", "/a"), lambda: object(), closer=lambda m: None)
