@@ -15,12 +15,14 @@ import argparse
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 import time
 
 import numpy as np
+
+from .common import stats
+from .iou import iou
 
 
 def _gpu_memory_mib() -> int:
@@ -75,7 +77,9 @@ def _images(n: int, h: int = 768, w: int = 1024, seed: int = 0) -> list[np.ndarr
 
 
 def _timed(fn, runs: int) -> dict:
-    """First call and the median of ``runs`` more (each call's own wall time, load reported separately)."""
+    """First call, then ``runs`` more (bench.common.stats of their wall times), and the GPU memory this process
+    holds afterwards beyond what it held before (None without nvidia-smi)."""
+    mem0 = _gpu_memory_mib()
     t = time.perf_counter()
     first = fn()
     first_s = time.perf_counter() - t
@@ -84,9 +88,19 @@ def _timed(fn, runs: int) -> dict:
         t = time.perf_counter()
         last = fn()
         times.append(time.perf_counter() - t)
-    return {"first": first, "first_s": round(first_s, 4), "last": last,
-            "steady_s": round(statistics.median(times), 4), "min_s": round(min(times), 4),
-            "max_s": round(max(times), 4), "runs": runs}
+    mem1 = _gpu_memory_mib()
+    st = stats(times)
+    return {"first": first, "first_s": round(first_s, 4), "last": last, "steady_s": round(st["median"], 4),
+            "min_s": round(st["min"], 4), "max_s": round(st["max"], 4), "runs": runs,
+            "gpu_mib": mem1 - mem0 if mem0 >= 0 and mem1 >= 0 else None}
+
+
+def _row(r: dict) -> dict:
+    """The columns every engine row shares; the engine's result says what load and the whole first call took."""
+    first = r["first"]
+    return {"device": first.device.describe(), "load_s": round(first.load_seconds, 2),
+            "first_call_s": round(first.seconds - first.load_seconds, 3),
+            **{k: r[k] for k in ("steady_s", "min_s", "max_s", "runs", "gpu_mib")}}
 
 
 def _standin(models: str) -> tuple[str, str]:
@@ -108,20 +122,14 @@ def check_ben2(models: str, runs: int) -> dict:
 
     path, built = _standin(models)
     img = _images(1)
-    mem0 = _gpu_memory_mib()
     r = _timed(lambda: ben2.remove_background(img, path, device="auto"), runs)
-    mem1 = _gpu_memory_mib()
-    first, last = r["first"], r["last"]
-    row = {"model": os.path.basename(path), "built": built, "device": first.device.describe(),
-           "load_s": round(first.load_seconds, 2), "first_call_s": round(first.seconds - first.load_seconds, 3),
-           "steady_s": r["steady_s"], "min_s": r["min_s"], "max_s": r["max_s"], "runs": runs,
-           "gpu_mib": mem1 - mem0 if mem0 >= 0 and mem1 >= 0 else None}
+    row = {"model": os.path.basename(path), "built": built, **_row(r)}
     get_cache().unload()
     cpu = ben2.remove_background(img, path, device="CPU", keep_loaded=False)
-    a, b = last.masks[0], cpu.masks[0]
+    a, b = r["last"].masks[0], cpu.masks[0]
     row["cpu_s"] = round(cpu.seconds - cpu.load_seconds, 2)
     row["mask_mean_abs_diff_vs_cpu"] = round(float(np.abs(a - b).mean()), 5)
-    row["mask_iou_vs_cpu"] = round(float(((a > .5) & (b > .5)).sum() / max(1, ((a > .5) | (b > .5)).sum())), 5)
+    row["mask_iou_vs_cpu"] = round(iou(a, b), 5)
     return row
 
 
@@ -183,19 +191,14 @@ def check_nudenet(runs: int, batch: int = 8) -> dict:
     from safecut.cache import get_cache
 
     imgs = _images(batch, seed=1)
-    mem0 = _gpu_memory_mib()
     r = _timed(lambda: nudenet.detect(imgs, device="auto"), runs)
-    mem1 = _gpu_memory_mib()
-    first, last = r["first"], r["last"]
     get_cache().unload()
     cpu = nudenet.detect(imgs, device="CPU", keep_loaded=False)
-    diff = max(abs(x.max_score - y.max_score) for x, y in zip(last.results, cpu.results))
+    gpu_results = r["last"].results
+    diff = max(abs(x.max_score - y.max_score) for x, y in zip(gpu_results, cpu.results))
     same = all(x.is_unsafe == y.is_unsafe and len(x.detections) == len(y.detections)
-               for x, y in zip(last.results, cpu.results))
-    return {"model": os.path.basename(first.model), "device": first.device.describe(), "batch": batch,
-            "load_s": round(first.load_seconds, 2), "first_call_s": round(first.seconds - first.load_seconds, 3),
-            "steady_s": r["steady_s"], "min_s": r["min_s"], "max_s": r["max_s"], "runs": runs,
-            "gpu_mib": mem1 - mem0 if mem0 >= 0 and mem1 >= 0 else None,
+               for x, y in zip(gpu_results, cpu.results))
+    return {"model": os.path.basename(r["first"].model), "batch": batch, **_row(r),
             "cpu_s": round(cpu.seconds - cpu.load_seconds, 3),
             "max_score_diff_vs_cpu": round(float(diff), 5), "same_verdicts_and_counts": same}
 
@@ -220,16 +223,10 @@ def check_florence(models: str, which: str, runs: int, batch: int = 4) -> dict:
         if not is_complete(path):
             build_tiny_florence(path)
     imgs = _images(batch, seed=2)
-    mem0 = _gpu_memory_mib()
     # max_new_tokens fixed: random weights never say </s>, so every call generates the same token count
     r = _timed(lambda: florence.caption_images(imgs, path, device="auto", max_new_tokens=20, batch_size=batch), runs)
-    mem1 = _gpu_memory_mib()
-    first = r["first"]
-    return {"model": f"Florence-2 {which}-shaped (random weights)", "built": built, "device": first.device.describe(),
-            "dtype": first.dtype, "batch": batch, "max_new_tokens": 20, "num_beams": 3,
-            "load_s": round(first.load_seconds, 2), "first_call_s": round(first.seconds - first.load_seconds, 3),
-            "steady_s": r["steady_s"], "min_s": r["min_s"], "max_s": r["max_s"], "runs": runs,
-            "gpu_mib": mem1 - mem0 if mem0 >= 0 and mem1 >= 0 else None}
+    return {"model": f"Florence-2 {which}-shaped (random weights)", "built": built, "dtype": r["first"].dtype,
+            "batch": batch, "max_new_tokens": 20, "num_beams": 3, **_row(r)}
 
 
 def check_llama() -> dict:

@@ -52,6 +52,19 @@ def models_dir(tmp_path, monkeypatch):
     return root
 
 
+def ort_has_cuda() -> bool:
+    """onnxruntime offers the CUDA provider here (onnxruntime-gpu with a GPU): CPU-fallback tests cannot happen."""
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def torch_has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def subject_image(h: int = 96, w: int = 128) -> np.ndarray:
     """Dark background with a bright rectangle in the middle (the tiny BEN2 cuts out bright areas)."""
     img = np.full((h, w, 3), 0.05, np.float32)

@@ -4,19 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_BEN2, subject_image
+from conftest import TINY_BEN2, ort_has_cuda, subject_image
 from safecut import ben2
 from safecut.cache import get_cache
 from safecut.errors import BadInputError
 
 
-def _auto_device() -> str:
-    import onnxruntime as ort
-
-    return "CUDA" if "CUDAExecutionProvider" in ort.get_available_providers() else "CPU"
-
-
-AUTO_DEVICE = _auto_device()   # what "auto" runs on this machine (checked on a GPU machine too)
+AUTO_DEVICE = "CUDA" if ort_has_cuda() else "CPU"   # what "auto" runs on this machine (checked on a GPU machine too)
 
 
 @pytest.fixture()

@@ -18,7 +18,7 @@ import types
 import numpy as np
 import pytest
 
-from conftest import ROOT, subject_image
+from conftest import ROOT, ort_has_cuda, subject_image, torch_has_cuda
 from safecut import ben2, cache as cache_mod, florence, gate, guard, modelfiles, nudenet, providers
 from safecut.cache import ModelCache
 from safecut.errors import (BadInputError, ChecksumError, DeviceOutOfMemoryError, DeviceUnavailableError,
@@ -334,20 +334,8 @@ def test_unknown_quantization_lists_the_valid_ones(env, kit, pack):
 # =====================================================================================================
 # Devices
 # =====================================================================================================
-def _ort_has_cuda() -> bool:
-    import onnxruntime as ort
-
-    return "CUDAExecutionProvider" in ort.get_available_providers()
-
-
-def _torch_has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def test_ben2_cuda_request_without_cuda_runs_on_cpu_and_strict_refuses(env, kit):
-    if _ort_has_cuda():
+    if ort_has_cuda():
         pytest.skip("CUDA provider present: no fallback to observe")
     shutil.copyfile(kit["mask"], env.root / "ben2" / "m.onnx")
     with pytest.raises(DeviceUnavailableError, match="strict"):
@@ -364,7 +352,7 @@ def test_ben2_cuda_request_without_cuda_runs_on_cpu_and_strict_refuses(env, kit)
 
 @needs_torch
 def test_florence_cuda_request_without_cuda_runs_on_cpu_and_strict_refuses(env, tiny_florence):
-    if _torch_has_cuda():
+    if torch_has_cuda():
         pytest.skip("CUDA present: no fallback to observe")
     shutil.copytree(tiny_florence, env.root / "florence2" / "tiny")
     kw = dict(device="CUDA", max_new_tokens=4, num_beams=1)

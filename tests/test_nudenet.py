@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import load_pack
+from conftest import load_pack, ort_has_cuda
 from safecut import nudenet as nn
 from safecut.cache import get_cache
 from safecut.errors import BadInputError, DeviceUnavailableError, ModelNotFoundError
@@ -259,9 +259,7 @@ def test_batch_of_different_sizes_equals_one_by_one():
 
 
 def test_cuda_request_falls_back_to_cpu_with_a_note_and_strict_raises():
-    import onnxruntime as ort
-
-    if "CUDAExecutionProvider" in ort.get_available_providers():
+    if ort_has_cuda():
         pytest.skip("CUDA provider present: no fallback to observe")
     get_cache().unload("nudenet")
     with pytest.raises(DeviceUnavailableError):

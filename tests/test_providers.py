@@ -2,23 +2,12 @@ import logging
 
 import pytest
 
+from conftest import ort_has_cuda, torch_has_cuda
 from safecut import providers
 from safecut.errors import DeviceUnavailableError
 
 
-def _real_cuda_ep() -> bool:
-    import onnxruntime as ort
-
-    return "CUDAExecutionProvider" in ort.get_available_providers()
-
-
-def _torch_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-needs_no_cuda_ep = pytest.mark.skipif(_real_cuda_ep(), reason="onnxruntime has a CUDA provider here: no fallback to see")
+needs_no_cuda_ep = pytest.mark.skipif(ort_has_cuda(), reason="onnxruntime has a CUDA provider here: no fallback to see")
 
 
 def _cpu_only_ort(monkeypatch, driver):
@@ -64,7 +53,7 @@ def test_auto_when_the_cuda_provider_fails_to_load_says_so(tiny_ben2_path, monke
     assert "cuDNN" in caplog.text
 
 
-@pytest.mark.skipif(not _real_cuda_ep(), reason="needs onnxruntime-gpu and a GPU (run on a GPU machine)")
+@pytest.mark.skipif(not ort_has_cuda(), reason="needs onnxruntime-gpu and a GPU (run on a GPU machine)")
 def test_auto_uses_cuda_when_it_is_usable(tiny_ben2_path):
     sess, choice = providers.create_ort_session(tiny_ben2_path, "auto")
     assert sess.get_providers()[0] == "CUDAExecutionProvider"
@@ -160,7 +149,7 @@ def test_corrupt_onnx_names_the_file(tmp_path):
         providers.create_ort_session(str(bad), "CPU")
 
 
-@pytest.mark.skipif(_torch_cuda(), reason="torch sees a GPU here: no fallback to see")
+@pytest.mark.skipif(torch_has_cuda(), reason="torch sees a GPU here: no fallback to see")
 def test_torch_device_auto_is_cpu_without_cuda():
     c = providers.torch_device("auto")
     assert c.used == "CPU"
@@ -170,7 +159,7 @@ def test_torch_device_auto_is_cpu_without_cuda():
         providers.torch_device("CUDA", strict=True)
 
 
-@pytest.mark.skipif(not _torch_cuda(), reason="needs a CUDA build of torch and a GPU (run on a GPU machine)")
+@pytest.mark.skipif(not torch_has_cuda(), reason="needs a CUDA build of torch and a GPU (run on a GPU machine)")
 def test_torch_device_auto_is_cuda_with_cuda():
     assert providers.torch_device("auto") == providers.DeviceChoice("auto", "CUDA")
     assert providers.torch_device("CUDA", strict=True) == providers.DeviceChoice("CUDA", "CUDA")
