@@ -7,7 +7,7 @@
 # never needed by the product). ComfyUI writes into its own tree, so it is copied to $SAFECUT_CI_WORK
 # (default ${TMPDIR:-/tmp}/safecut-ci) and gets its own venv there. SafeCut is installed into that venv the way
 # ComfyUI-Manager does it (requirements.txt, then install.py), plus llama-cpp-python built like scripts/setup.sh
-# (pip's wheel cache makes the second build free). Then Debian chromium and npm playwright-core for the browser.
+# (scripts/llama_wheel.sh: the second build is free). Then Debian chromium and npm playwright-core for the browser.
 # Everything this script installs goes to stderr; stdout is only the `export` lines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,10 +45,8 @@ log "newest frontend: $(cd "$WORK/frontend-latest" && ls -d comfyui_frontend_pac
 log "SafeCut the ComfyUI-Manager way: requirements.txt, then install.py"
 pip install -q -r requirements.txt
 "$PY" install.py >&2
-"$PY" -c "import llama_cpp" 2>/dev/null || {
-  log "llama-cpp-python $LLAMA_VERSION (portable build; cached wheel after the first time)"
-  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF}" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
-    pip install -q "llama-cpp-python==$LLAMA_VERSION"; }
+log "llama-cpp-python $LLAMA_VERSION, built for this CPU like scripts/setup.sh (its cached wheel after the first time)"
+bash scripts/llama_wheel.sh "$PY" "$LLAMA_VERSION" >&2
 
 CHROMIUM=${CHROMIUM:-$(command -v chromium || true)}
 if [ -z "$CHROMIUM" ]; then
