@@ -18,6 +18,13 @@ LABELS_TOOLTIP = (
     "detections_json; only these decide is_unsafe, the mask and the censoring.")
 
 
+THRESHOLDS_TOOLTIP = (
+    "Optional per-label overrides of 'threshold', one LABEL=score a line (or comma separated; '#' starts a "
+    "comment), e.g. FEMALE_BREAST_EXPOSED=0.4: that label needs 0.4, every other label keeps 'threshold'. An "
+    "override sets the score a label needs, not whether it counts: list the label in unsafe_labels for it to make "
+    "an image UNSAFE. An unknown label or a score outside (0, 1] is an error. Empty: one threshold for all.")
+
+
 def model_choices() -> list[str]:
     """The bundled 320n first, then what models/nudenet holds, then registry models that can be fetched."""
     names = [nudenet.BUNDLED_MODEL]
@@ -37,9 +44,9 @@ class SafeCutNudeNetDetector:
     OUTPUT_IS_LIST = (False, True, True, False, False, False)
     OUTPUT_TOOLTIPS = (
         "Per-image results {is_unsafe, max_score, detections} for the SafeCut Keyword Gate.",
-        "One boolean per image: an unsafe label scored >= threshold.",
+        "One boolean per image: an unsafe label scored >= its threshold (label_thresholds, else threshold).",
         "One number per image: the highest unsafe-label score found (also below the threshold, to tune it).",
-        "JSON: model, device, threshold, unsafe labels and, per image, every detection "
+        "JSON: model, device, threshold, label_thresholds, unsafe labels and, per image, every detection "
         "{label, score, box [x, y, w, h] in original pixels, unsafe}.",
         "1 inside the boxes of the unsafe detections, 0 elsewhere [B,H,W].",
         "The input with the unsafe boxes blurred / pixelated / blacked out (unchanged with censor = none).",
@@ -55,8 +62,9 @@ class SafeCutNudeNetDetector:
                            "(640m.onnx is downloaded on first use when downloads are allowed)."),
             "device": DEVICE,
             "threshold": ("FLOAT", {"default": nudenet.DEFAULT_THRESHOLD, "min": 0.01, "max": 1.0, "step": 0.01,
-                          "tooltip": "Minimum label score for a detection. 0.25 is NudeNet's own: the nudenet "
-                          "package reports a detection from a score of 0.25. Higher flags less, lower flags more; "
+                          "tooltip": "Minimum label score for a detection (labels in label_thresholds use their "
+                          "own). 0.25 is NudeNet's own: the nudenet package reports a detection from a score of "
+                          "0.25. Higher flags less, lower flags more; "
                           "'max_score' shows each image's highest unsafe-label score, to choose a value."}),
             "unsafe_labels": ("STRING", {"default": "\n".join(nudenet.DEFAULT_UNSAFE), "multiline": True,
                               "tooltip": LABELS_TOOLTIP}),
@@ -65,14 +73,18 @@ class SafeCutNudeNetDetector:
                             "pixelate, or black (filled). Pixels outside the boxes are never changed."),
             "threads": THREADS,
             "keep_model_loaded": KEEP_LOADED,
+        }, "optional": {
+            "label_thresholds": ("STRING", {"default": "", "multiline": True, "tooltip": THRESHOLDS_TOOLTIP}),
         }}
 
-    def run(self, image, model, device, threshold, unsafe_labels, censor, threads, keep_model_loaded):
+    def run(self, image, model, device, threshold, unsafe_labels, censor, threads, keep_model_loaded,
+            label_thresholds=""):
         t0 = timer()
         frames = images_to_numpy(image)
         labels = nudenet.parse_labels(unsafe_labels)           # fail before the model loads
+        overrides = nudenet.parse_label_thresholds(label_thresholds)
         res = nudenet.detect(frames, model=model, device=device, threshold=threshold, unsafe_labels=labels,
-                             threads=threads, keep_loaded=keep_model_loaded,
+                             label_thresholds=overrides, threads=threads, keep_loaded=keep_model_loaded,
                              strict=os.environ.get("SAFECUT_STRICT_DEVICE") == "1",
                              progress=Progress(len(frames)))
         masks = [nudenet.mask_from_detections(r.detections, f.shape[0], f.shape[1])
@@ -85,7 +97,7 @@ class SafeCutNudeNetDetector:
         seconds = timer() - t0
         flagged = sum(r.is_unsafe for r in res.results)
         report = {"model": os.path.basename(res.model), "device": res.device.describe(), "input_size": res.input_size,
-                  "threshold": float(threshold), "unsafe_labels": list(labels),
+                  "threshold": float(threshold), "label_thresholds": overrides, "unsafe_labels": list(labels),
                   "images": [dict(r.as_dict(), index=i) for i, r in enumerate(res.results)]}
         info = (f"NudeNet {os.path.basename(res.model)} on {res.device.describe()}: {flagged}/{len(frames)} unsafe "
                 f"in {seconds:.2f}s")

@@ -30,7 +30,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from .lazy import numpy as np
 
@@ -213,6 +213,50 @@ def parse_labels(value: str | Iterable[str] | None, known: Sequence[str] = LABEL
     return tuple(out)
 
 
+def parse_label_thresholds(value: str | Mapping[str, float] | None,
+                           known: Sequence[str] = LABELS) -> dict[str, float]:
+    """'LABEL=0.4' lines (or comma separated; '#' comments; case-insensitive) or a mapping -> {label: score}.
+    Unknown labels, scores outside (0, 1] and a label given twice raise: a typo must not change a safety label."""
+    if not value:
+        return {}
+    if isinstance(value, str):
+        pairs = []
+        for line in value.splitlines():
+            for item in line.split("#", 1)[0].replace(";", ",").split(","):
+                if not item.strip():
+                    continue
+                label, sep, score = item.partition("=")
+                if not sep:
+                    raise BadInputError(f"label_thresholds: line '{item.strip()}' is not LABEL=score "
+                                        f"(e.g. FEMALE_BREAST_EXPOSED=0.4).")
+                pairs.append((label, score))
+    else:
+        pairs = list(dict(value).items())
+    upper = {k.upper(): k for k in known}
+    out: dict[str, float] = {}
+    for label, score in pairs:
+        t = str(label).strip().upper().replace(" ", "_").replace("-", "_")
+        if t not in upper:
+            raise BadInputError(f"label_thresholds: '{str(label).strip()}' is not a NudeNet label. Valid labels: "
+                                f"{', '.join(known)}.")
+        try:
+            v = float(str(score).strip())
+        except ValueError:
+            v = float("nan")
+        if not 0.0 < v <= 1.0:   # NaN fails this too
+            raise BadInputError(f"label_thresholds: score '{str(score).strip()}' for {upper[t]} is out of range: "
+                                f"use a number in (0, 1], e.g. {upper[t]}=0.4.")
+        if upper[t] in out:
+            raise BadInputError(f"label_thresholds: {upper[t]} is given twice; keep one line per label.")
+        out[upper[t]] = v
+    return out
+
+
+def label_threshold_vector(labels: Sequence[str], threshold: float, overrides: Mapping[str, float]) -> np.ndarray:
+    """One score cutoff per model label: its override, else ``threshold``."""
+    return np.array([overrides.get(l, threshold) for l in labels], np.float32)
+
+
 # ---- preprocessing ------------------------------------------------------------------------------
 def _check_image(i: int, im) -> np.ndarray:
     a = np.asarray(im)
@@ -297,8 +341,10 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float = NMS_IOU, max_keep: i
 
 def decode(raw: np.ndarray, frames: Sequence[Letterbox], *, threshold: float = DEFAULT_THRESHOLD,
            labels: Sequence[str] = LABELS, unsafe_labels: Sequence[str] = DEFAULT_UNSAFE,
-           iou: float = NMS_IOU, multi_label: bool = True, agnostic: bool = False) -> list[NudeResult]:
-    """YOLOv8 output [B, 4+C, anchors] (model pixels) -> one NudeResult per image, boxes in original pixels."""
+           iou: float = NMS_IOU, multi_label: bool = True, agnostic: bool = False,
+           label_thresholds: Mapping[str, float] | None = None) -> list[NudeResult]:
+    """YOLOv8 output [B, 4+C, anchors] (model pixels) -> one NudeResult per image, boxes in original pixels.
+    A label scores a detection from its ``label_thresholds`` entry, else from ``threshold``."""
     out = np.asarray(raw, np.float32)
     n_cls = len(labels)
     if out.ndim != 3:
@@ -311,6 +357,7 @@ def decode(raw: np.ndarray, frames: Sequence[Letterbox], *, threshold: float = D
     unsafe_idx = np.array([labels.index(l) for l in unsafe_labels if l in labels], dtype=np.intp)
     unsafe_mask = np.zeros(n_cls, bool)
     unsafe_mask[unsafe_idx] = True
+    cutoff = label_threshold_vector(labels, threshold, label_thresholds or {})   # [C]
     results = []
     for o, fr in zip(out, frames):
         cx, cy, bw, bh = o[0], o[1], o[2], o[3]
@@ -323,12 +370,12 @@ def decode(raw: np.ndarray, frames: Sequence[Letterbox], *, threshold: float = D
         scores = np.where(valid[:, None], scores, 0.0)
         max_score = float(scores[:, unsafe_idx].max()) if unsafe_idx.size and scores.size else 0.0
         if multi_label:
-            a_idx, c_idx = np.nonzero(scores >= threshold)
+            a_idx, c_idx = np.nonzero(scores >= cutoff[None, :])
             s = scores[a_idx, c_idx]
         else:
             c_all = scores.argmax(1)
             s_all = scores[np.arange(scores.shape[0]), c_all]
-            a_idx = np.nonzero(s_all >= threshold)[0]
+            a_idx = np.nonzero(s_all >= cutoff[c_all])[0]
             c_idx, s = c_all[a_idx], s_all[a_idx]
         if s.size > MAX_CANDIDATES:
             top = np.argsort(-s, kind="stable")[:MAX_CANDIDATES]
@@ -366,7 +413,7 @@ def _input_size(model: NudeNetModel, override: int) -> int:
 
 def run_model(model: NudeNetModel, images: Sequence[np.ndarray], *, threshold: float = DEFAULT_THRESHOLD,
               unsafe_labels: Sequence[str] = DEFAULT_UNSAFE, batch_size: int = 0, input_size: int = 0,
-              multi_label: bool = True, agnostic: bool = False,
+              multi_label: bool = True, agnostic: bool = False, label_thresholds: Mapping[str, float] | None = None,
               progress: Callable[[int], None] | None = None) -> list[NudeResult]:
     size = _input_size(model, input_size)
     if model.fixed_batch:
@@ -383,7 +430,7 @@ def run_model(model: NudeNetModel, images: Sequence[np.ndarray], *, threshold: f
             x = np.concatenate([x, np.zeros((model.fixed_batch - n, *x.shape[1:]), np.float32)])
         raw = model.session.run([model.output_name], {model.input_name: x})[0][:n]
         results += decode(raw, frames, threshold=threshold, labels=model.labels, unsafe_labels=unsafe_labels,
-                          multi_label=multi_label, agnostic=agnostic)
+                          multi_label=multi_label, agnostic=agnostic, label_thresholds=label_thresholds)
         if progress is not None:
             progress(n)   # also where ComfyUI's interrupt is raised: between chunks
     return results
@@ -393,10 +440,12 @@ def detect(images: Sequence[np.ndarray], *, model: str = DEFAULT_MODEL, device: 
            threshold: float = DEFAULT_THRESHOLD, unsafe_labels: str | Iterable[str] | None = DEFAULT_UNSAFE, threads: int = 0,
            batch_size: int = 0, input_size: int = 0, keep_loaded: bool = True, strict: bool = False,
            multi_label: bool = True, agnostic: bool = False,
+           label_thresholds: str | Mapping[str, float] | None = None,
            progress: Callable[[int], None] | None = None) -> NudeNetRun:
     """Detect NudeNet labels in HxWx3 float32 0..1 RGB images (any sizes, batched together).
 
-    ``is_unsafe`` per image: some label of ``unsafe_labels`` scored >= ``threshold``. ``max_score``: the
+    ``is_unsafe`` per image: some label of ``unsafe_labels`` scored >= its threshold (its ``label_thresholds``
+    entry, else ``threshold``). ``max_score``: the
     highest unsafe-label score anywhere in the image, reported even below the threshold (to tune it).
     """
     try:
@@ -406,6 +455,7 @@ def detect(images: Sequence[np.ndarray], *, model: str = DEFAULT_MODEL, device: 
     if not 0.0 < threshold <= 1.0:
         raise BadInputError(f"threshold {threshold} is out of range: use a value in (0, 1], e.g. 0.25 (NudeNet's own).")
     unsafe = parse_labels(unsafe_labels)
+    overrides = parse_label_thresholds(label_thresholds)
     path = resolve_model(model)
     cache = get_cache()
     loads_before = cache.stats()["load_seconds"]
@@ -420,9 +470,13 @@ def detect(images: Sequence[np.ndarray], *, model: str = DEFAULT_MODEL, device: 
             if unknown:
                 raise BadInputError(f"unsafe labels {unknown} are not labels of {os.path.basename(path)} "
                                     f"({', '.join(m.labels)}).")
+            unknown = [l for l in overrides if l not in m.labels]
+            if unknown:
+                raise BadInputError(f"label_thresholds {unknown} are not labels of {os.path.basename(path)} "
+                                    f"({', '.join(m.labels)}).")
             results = run_model(m, images, threshold=threshold, unsafe_labels=unsafe, batch_size=batch_size,
                                 input_size=input_size, multi_label=multi_label, agnostic=agnostic,
-                                progress=progress)
+                                label_thresholds=overrides, progress=progress)
             choice, size = m.device, _input_size(m, input_size)
         return NudeNetRun(results, choice, time.perf_counter() - t0,
                           cache.stats()["load_seconds"] - loads_before, path, size)

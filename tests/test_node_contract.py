@@ -23,7 +23,7 @@ WIDGET_ORDER = {
     "SafeCutLlamaSafetyClassifier": ["model_family", "quantization", "n_gpu_layers", "threads", "n_ctx", "threshold",
                                      "custom_categories", "keep_model_loaded"],
     "SafeCutNudeNetDetector": ["model", "device", "threshold", "unsafe_labels", "censor", "threads",
-                               "keep_model_loaded"],
+                               "keep_model_loaded", "label_thresholds"],
     "SafeCutUnloadModels": ["kind"],
 }
 

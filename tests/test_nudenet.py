@@ -431,3 +431,66 @@ def test_default_threshold_is_nudenets_own_score_cut():
     m = re.search(r"NMSBoxes\(\s*boxes,\s*scores,\s*([0-9.]+)", src)
     assert m and float(m.group(1)) == nn.DEFAULT_THRESHOLD == 0.25
     assert inspect.signature(nn.detect).parameters["threshold"].default == nn.DEFAULT_THRESHOLD
+
+
+# ---- per-label thresholds -------------------------------------------------------------------------
+def test_parse_label_thresholds():
+    text = "buttocks_exposed = 0.7  # stricter\n\nFEMALE-BREAST-EXPOSED=0.4, feet exposed=1"
+    assert nn.parse_label_thresholds(text) == {"BUTTOCKS_EXPOSED": 0.7, "FEMALE_BREAST_EXPOSED": 0.4,
+                                               "FEET_EXPOSED": 1.0}
+    assert nn.parse_label_thresholds("") == {} == nn.parse_label_thresholds(None)
+    assert nn.parse_label_thresholds("# only a comment\n") == {}
+    assert nn.parse_label_thresholds({"anus_exposed": "0.3"}) == {"ANUS_EXPOSED": 0.3}
+    for bad, msg in [("BOOBS=0.4", "is not a NudeNet label"), ("BUTTOCKS_EXPOSED 0.4", "is not LABEL=score"),
+                     ("BUTTOCKS_EXPOSED=0", "out of range"), ("BUTTOCKS_EXPOSED=1.5", "out of range"),
+                     ("BUTTOCKS_EXPOSED=nan", "out of range"), ("BUTTOCKS_EXPOSED=high", "out of range"),
+                     ("BUTTOCKS_EXPOSED=0.4\nbuttocks_exposed=0.5", "given twice")]:
+        with pytest.raises(BadInputError, match=msg):
+            nn.parse_label_thresholds(bad)
+
+
+@pytest.mark.parametrize("multi_label", [True, False])
+def test_label_thresholds_override_the_global_threshold_per_label(multi_label):
+    raw = raw_output([(0, 60, 60, 40, 40, {"BUTTOCKS_EXPOSED": 0.6}),
+                      (1, 200, 200, 40, 40, {"FEMALE_BREAST_EXPOSED": 0.3}),
+                      (2, 260, 100, 40, 40, {"FEET_EXPOSED": 0.35})])
+    fr = [nn.Letterbox(320, 320, 1.0, 1.0)]
+
+    def flagged(threshold, overrides):
+        (res,) = nn.decode(raw, fr, threshold=threshold, label_thresholds=overrides, multi_label=multi_label)
+        assert res.max_score == pytest.approx(0.6)            # the tuning aid ignores every threshold
+        return res, sorted(d["label"] for d in res.detections if d["unsafe"])
+
+    assert flagged(0.25, {})[1] == ["BUTTOCKS_EXPOSED", "FEMALE_BREAST_EXPOSED"]
+    assert flagged(0.25, {"BUTTOCKS_EXPOSED": 0.7})[1] == ["FEMALE_BREAST_EXPOSED"]      # stricter for one label
+    res, labels = flagged(0.25, {"BUTTOCKS_EXPOSED": 0.7, "FEMALE_BREAST_EXPOSED": 0.5})
+    assert labels == [] and not res.is_unsafe
+    assert flagged(0.9, {})[1] == []
+    assert flagged(0.9, {"FEMALE_BREAST_EXPOSED": 0.3})[1] == ["FEMALE_BREAST_EXPOSED"]   # looser for one label
+    # an override sets the score a label needs, not whether it counts: FEET_EXPOSED is listed, never unsafe
+    res, labels = flagged(0.9, {"FEET_EXPOSED": 0.3})
+    assert labels == [] and not res.is_unsafe and [d["label"] for d in res.detections] == ["FEET_EXPOSED"]
+
+
+def test_node_label_thresholds_input_is_the_last_optional_and_reaches_the_report(node_mod):
+    import torch
+
+    cls = node_mod.SafeCutNudeNetDetector
+    opt = cls.INPUT_TYPES()["optional"]
+    assert list(opt)[-1] == "label_thresholds" and opt["label_thresholds"][1]["default"] == ""
+    tip = opt["label_thresholds"][1]["tooltip"]
+    assert "LABEL=score" in tip and "unsafe_labels" in tip and "error" in tip
+    img = torch.zeros(1, 48, 80, 3)
+    out = _run(node_mod, img, label_thresholds="buttocks_exposed=0.7")
+    assert json.loads(out["result"][3])["label_thresholds"] == {"BUTTOCKS_EXPOSED": 0.7}
+    assert json.loads(_run(node_mod, img)["result"][3])["label_thresholds"] == {}   # optional: old workflows
+
+
+def test_node_rejects_unknown_threshold_labels_before_loading(node_mod, monkeypatch):
+    import torch
+
+    engine = node_mod.nudenet
+    monkeypatch.setattr(engine, "detect", lambda *a, **k: pytest.fail("the model must not run"))
+    pack_errors = sys.modules[load_pack().__name__ + ".safecut.errors"]
+    with pytest.raises(pack_errors.BadInputError, match="not a NudeNet label"):
+        _run(node_mod, torch.zeros(1, 8, 8, 3), label_thresholds="BOOBS=0.4")
