@@ -3,6 +3,7 @@
 // was saved. The Keyword Gate also fills in the Llama node, whose captions it classified (lazy input).
 // Plain extension API (app.registerExtension + onExecuted), no build step.
 import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
 
 const COLORS = { SAFE: "#2e7d32", UNSAFE: "#b71c1c", MIXED: "#8d6e00" };
 const WIDGET = "safecut_result";
@@ -168,8 +169,26 @@ function showClassifierResults(gate, ui) {
   }
 }
 
+// Node search by what people type ("rembg", "nsfw", "llama guard"): frontends whose search reads a node
+// definition's search_aliases find SafeCut by its nodes' SEARCH_ALIASES. Newer ComfyUI servers send them in
+// /object_info; 0.3.64 does not, so the pack serves them (nodes/comfy_hooks.py) and they are filled in here,
+// before the frontend registers the definitions and builds its search index.
+async function addSearchAliases(defs) {
+  const missing = Object.keys(defs).filter((n) => n.startsWith("SafeCut") && !(defs[n].search_aliases || []).length);
+  if (!missing.length) return;
+  try {
+    const res = await api.fetchApi("/safecut/search_aliases");
+    if (!res.ok) return;
+    const aliases = await res.json();
+    for (const n of missing) if (aliases[n] && aliases[n].length) defs[n].search_aliases = aliases[n];
+  } catch (e) {
+    console.warn("SafeCut: search aliases unavailable", e);
+  }
+}
+
 app.registerExtension({
   name: "SafeCut.results",
+  addCustomNodeDefs: addSearchAliases,
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!nodeData.name || !nodeData.name.startsWith("SafeCut")) return;
     const onExecuted = nodeType.prototype.onExecuted;

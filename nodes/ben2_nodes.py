@@ -16,6 +16,8 @@ class SafeCutBEN2RemoveBackground:
                    "*.int8.onnx files (python -m safecut models quantize) are experimental: not yet checked on "
                    "the real weights.")
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["remove background", "background removal", "rembg", "bg remover", "cutout", "matting",
+                      "transparent background", "ben2"]
     FUNCTION = "run"
     RETURN_TYPES = ("IMAGE", "MASK", "IMAGE", "STRING")
     RETURN_NAMES = ("image", "mask", "rgba", "info")

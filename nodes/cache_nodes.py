@@ -11,6 +11,7 @@ class SafeCutUnloadModels:
     DESCRIPTION = ("Unloads SafeCut's cached models (all, or one kind) and reports cache statistics. "
                    "ComfyUI's own 'Unload Models' button and POST /free also empty SafeCut's cache.")
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["unload models", "free memory", "free vram", "clear cache", "purge"]
     FUNCTION = "run"
     OUTPUT_NODE = True
     RETURN_TYPES = ("STRING", "*")

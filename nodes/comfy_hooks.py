@@ -6,7 +6,9 @@
   ``comfy.model_management.unload_all_models`` (idempotent, signature-agnostic, never fatal);
 * gives GPU memory back when ComfyUI needs it: its ``free_memory(memory_required, device)`` (called before it loads
   a model) first unloads SafeCut's GPU models when the device has less free than required. ONNX Runtime keeps its
-  CUDA arena until the session closes (BEN2 at 1024²: 5.4 GB on an H200), which ComfyUI cannot see or free.
+  CUDA arena until the session closes (BEN2 at 1024²: 5.4 GB on an H200), which ComfyUI cannot see or free;
+* serves the nodes' SEARCH_ALIASES at ``GET /safecut/search_aliases``: ComfyUI 0.3.64's /object_info leaves them
+  out for V1 nodes (newer servers send them), so js/safecut.js fills them into the node definitions.
 """
 from __future__ import annotations
 
@@ -29,6 +31,31 @@ def install() -> bool:
     register_folders(folder_paths)
     wrap_unload()
     wrap_free_memory()
+    add_alias_route()
+    return True
+
+
+def search_aliases() -> dict[str, list[str]]:
+    """{class id: SEARCH_ALIASES} of every SafeCut node (one source: the node classes)."""
+    from . import NODE_CLASS_MAPPINGS
+
+    return {cid: list(getattr(cls, "SEARCH_ALIASES", [])) for cid, cls in NODE_CLASS_MAPPINGS.items()}
+
+
+def add_alias_route() -> bool:
+    try:
+        from aiohttp import web  # type: ignore
+        from server import PromptServer  # type: ignore
+
+        routes = PromptServer.instance.routes
+    except Exception as exc:  # not inside a running ComfyUI server (tests, scripts): nothing to serve
+        log.debug("SafeCut: no search-alias route (%s)", exc)
+        return False
+
+    @routes.get("/safecut/search_aliases")
+    async def _aliases(request):
+        return web.json_response(search_aliases())
+
     return True
 
 

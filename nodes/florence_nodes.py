@@ -16,6 +16,7 @@ class SafeCutFlorence2Caption:
     DESCRIPTION = ("Captions every image with Florence-2 (native transformers, no remote code). Deterministic: "
                    "the same image always gets the same caption. Feed 'caption' to SafeCut Keyword Gate.")
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["caption", "image caption", "describe image", "florence", "img2txt", "interrogate"]
     FUNCTION = "run"
     # A list run (Load Image Batch, mode list) arrives here as ONE call with every image, so batch_size batches
     # across the list (a plain node would run once per image and never batch). Widget values come as lists.

@@ -33,6 +33,8 @@ class SafeCutKeywordGate:
                    "NudeNet hits decide UNSAFE. The classifier input is lazy: the Llama node only runs, and its "
                    "model only loads, when some image is undecided. Errors never yield SAFE.")
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["moderation", "safety filter", "nsfw filter", "content filter", "keyword filter",
+                      "safe or unsafe"]
     FUNCTION = "run"
     INPUT_IS_LIST = True
     RETURN_TYPES = ("STRING", "STRING", "IMAGE", "STRING")

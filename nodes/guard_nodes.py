@@ -26,6 +26,7 @@ class SafeCutLlamaSafetyClassifier:
                    "own tokens. Errors never yield SAFE. Connect 'classifier' to the Keyword Gate so the model only "
                    "loads when a caption is undecided.")
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["llama guard", "safety classifier", "moderation", "nsfw", "content moderation", "gguf", "llm"]
     FUNCTION = "run"
     INPUT_IS_LIST = True
     RETURN_TYPES = ("SAFECUT_CLASSIFIER", "STRING", "FLOAT", "STRING", "STRING")

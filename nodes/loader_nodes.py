@@ -69,6 +69,8 @@ class SafeCutLoadImageBatch:
                    "worker-comfyui request) as a list (native sizes) or as one batch. Bad files are listed "
                    "clearly: 'fail' stops with all of them named, 'skip' loads the rest and reports them.")
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["load images", "load image batch", "image folder", "load folder", "batch images", "bulk load",
+                      "directory"]
     FUNCTION = "run"
     RETURN_TYPES = ("IMAGE", "MASK", "STRING", "INT", "STRING")
     RETURN_NAMES = ("image", "mask", "filenames", "count", "errors")

@@ -38,6 +38,7 @@ class SafeCutNudeNetDetector:
                    "unsafe hit decides UNSAFE without the LLM. Also outputs a mask of the flagged boxes and a "
                    "censored copy. Note: NudeNet's model weights are AGPL-3.0 (its code is MIT).")
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["nsfw", "nudity", "nude detector", "moderation", "censor", "nsfw filter"]
     FUNCTION = "run"
     RETURN_TYPES = ("SAFECUT_NUDENET", "BOOLEAN", "FLOAT", "STRING", "MASK", "IMAGE")
     RETURN_NAMES = ("nudenet", "is_unsafe", "max_score", "detections_json", "mask", "censored")

@@ -143,6 +143,7 @@ class SafeCutSaveCutout:
                    "and scores in the PNG metadata (key 'safecut'), plus <prefix>_<n>_report.json for the run. "
                    "Images judged UNSAFE are not written unless save_unsafe is on; they are listed in the report.")
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["save cutout", "save png", "save rgba", "save transparent png", "export", "save image"]
     FUNCTION = "save"
     OUTPUT_NODE = True
     INPUT_IS_LIST = True
