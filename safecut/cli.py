@@ -20,6 +20,10 @@ def _bar(done: int, total: int, name: str, t0: float) -> None:
 
 
 def cmd_run(a) -> int:
+    from . import quiet
+
+    if not a.verbose:
+        quiet.library_defaults()   # before pipeline imports transformers
     from . import pipeline
 
     if a.models:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 
+from ..quiet import output_to_log
+
 TINY_BEN2 = "tiny-ben2.onnx"
 TINY_FLORENCE = "tiny-florence"
 TINY_LLM = "tiny-guard-Q4_K_M.gguf"
@@ -20,6 +22,12 @@ def default_root() -> str:
 def prepare(root: str | None = None, *, florence: bool = True, llm: bool = True) -> dict:
     """Build (once) the tiny models under ``root`` in SafeCut's folder layout; returns pipeline option overrides."""
     root = os.path.abspath(root or default_root())
+    # building prints transformers warnings, progress bars and llama.cpp logs: into the build log, not the terminal
+    with output_to_log("building the tiny models"):
+        return _build(root, florence, llm)
+
+
+def _build(root: str, florence: bool, llm: bool) -> dict:
     from .tiny_ben2 import build_tiny_ben2
 
     build_tiny_ben2(os.path.join(root, "ben2", TINY_BEN2))

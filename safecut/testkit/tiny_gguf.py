@@ -25,6 +25,8 @@ from collections import Counter
 
 import numpy as np
 
+from ..quiet import output_to_log
+
 QUANTS = ["Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q8_0"]
 _FTYPE_NAMES = {"Q2_K": "LLAMA_FTYPE_MOSTLY_Q2_K", "Q3_K_M": "LLAMA_FTYPE_MOSTLY_Q3_K_M",
                 "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "Q5_K_M": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
@@ -245,7 +247,8 @@ def quantize(src: str, dst: str, quant: str, threads: int = 2) -> str:
     params.ftype = getattr(llama_cpp, _FTYPE_NAMES[quant])
     params.nthread = max(1, int(threads))
     tmp = dst + f".{os.getpid()}.tmp"
-    rc = llama_cpp.llama_model_quantize(src.encode("utf-8"), tmp.encode("utf-8"), ctypes.byref(params))
+    with output_to_log(f"llama.cpp quantize {os.path.basename(dst)}"):   # dozens of C log lines
+        rc = llama_cpp.llama_model_quantize(src.encode("utf-8"), tmp.encode("utf-8"), ctypes.byref(params))
     if rc != 0 or not os.path.isfile(tmp):
         if os.path.exists(tmp):
             os.remove(tmp)
