@@ -47,18 +47,18 @@ def test_page_names_every_input_and_output(cid):
     it = cls.INPUT_TYPES()
     inputs = section(text, "## Inputs")
     for name in [*it.get("required", {}), *it.get("optional", {})]:
-        assert f"`{name}`" in inputs, f"{cid}: input '{name}' is not described on its help page"
+        assert re.search(rf"^- `{name}`[ :]", inputs, re.M), f"{cid}: input '{name}' has no entry on its help page"
     outputs = section(text, "## Outputs")
     for name in getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES):
-        assert f"`{name}`" in outputs, f"{cid}: output '{name}' is not described on its help page"
+        assert re.search(rf"^- `{name}`:", outputs, re.M), f"{cid}: output '{name}' has no entry on its help page"
     assert section(text, "## Errors and fixes").strip(), f"{cid}: no error section"
 
 
 @pytest.mark.parametrize("cid", IDS)
 def test_page_defaults_match_the_node(cid):
-    """The Inputs table's default column says what the widget really starts at."""
+    """Each input's '(default: …)' says what the widget really starts at."""
     it = PACK.NODE_CLASS_MAPPINGS[cid].INPUT_TYPES()
-    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `([a-z_0-9]+)` \| ([^|]*) \|", page(cid), re.M)}
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^- `([a-z_0-9]+)` \(default: ([^)]*)\):", page(cid), re.M)}
     checked = 0
     for name, spec in [*it.get("required", {}).items(), *it.get("optional", {}).items()]:
         default = (spec[1] if len(spec) > 1 else {}).get("default")
@@ -94,7 +94,7 @@ def test_nudenet_page_explains_per_label_thresholds():
 
 def test_ben2_page_describes_the_cpu_runtime_choice():
     inputs = section(page("SafeCutBEN2RemoveBackground"), "## Inputs")
-    row = next(line for line in inputs.splitlines() if line.startswith("| `cpu_runtime`"))
+    row = next(line for line in inputs.splitlines() if line.startswith("- `cpu_runtime`"))
     for word in ("ONNX Runtime", "OpenVINO f32", "OpenVINO bf16", "AMX", "AVX-512", "CUDA"):
         assert word in row, word
 
