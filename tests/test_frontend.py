@@ -32,11 +32,13 @@ from pathlib import Path
 import pytest
 
 import comfyui_harness as H
+from conftest import load_pack
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.skipif(H.skip_reason() is not None, reason=H.skip_reason() or "")]
 
 EXAMPLES = sorted(glob.glob(str(H.ROOT / "example_workflows" / "*.json")))
 DRIVER = H.ROOT / "tests" / "frontend" / "drive_workflow.js"
+HELP_DRIVER = H.ROOT / "tests" / "frontend" / "node_help.js"
 DRIVE_TIMEOUT_S = int(H.PROMPT_TIMEOUT_S)
 RESULT_NODES = ("SafeCutBEN2RemoveBackground", "SafeCutKeywordGate", "SafeCutLlamaSafetyClassifier",
                 "SafeCutSaveCutout")  # close-up screenshots of these
@@ -120,18 +122,23 @@ def shots(tmp_path_factory):
 
 
 def drive(browser_tools, comfy, shots, name: str, workflow: str, widgets: dict, run: bool = True) -> dict:
+    return run_driver(browser_tools, comfy, shots, DRIVER, name,
+                      {"workflow": workflow, "widgets": widgets, "run": run, "closeups": list(RESULT_NODES)})
+
+
+def run_driver(browser_tools, comfy, shots, driver: Path, name: str, extra: dict) -> dict:
+    """Runs a tests/frontend/*.js driver with its config; returns its JSON report (fails on a driver error)."""
     cfg_dir = shots / "driver"
     cfg_dir.mkdir(exist_ok=True)
     result_path = cfg_dir / f"{name}.result.json"
-    cfg = {"url": comfy.url, "chromium": browser_tools["chromium"], "workflow": workflow, "widgets": widgets,
-           "screenshot_dir": str(shots), "name": name, "timeout_ms": DRIVE_TIMEOUT_S * 1000, "run": run,
-           "closeups": list(RESULT_NODES), "result_path": str(result_path)}
+    cfg = {"url": comfy.url, "chromium": browser_tools["chromium"], "screenshot_dir": str(shots), "name": name,
+           "timeout_ms": DRIVE_TIMEOUT_S * 1000, "result_path": str(result_path), **extra}
     cfg_path = cfg_dir / f"{name}.config.json"
     cfg_path.write_text(json.dumps(cfg))
     env = dict(os.environ, NODE_PATH=browser_tools["node_path"])
     t0 = time.monotonic()
     # own process group: on a timeout the driver and the Chromium it started are stopped together
-    proc = subprocess.Popen([browser_tools["node"], str(DRIVER), str(cfg_path)], env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([browser_tools["node"], str(driver), str(cfg_path)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         _out, err = proc.communicate(timeout=DRIVE_TIMEOUT_S + 120)
@@ -284,3 +291,33 @@ def test_example_workflow_nodes_do_not_overlap(name):
             if a[2] < b[4] and b[2] < a[4] and a[3] < b[5] and b[3] < a[5]:
                 overlaps.append(f"{a[0]} {a[1]} / {b[0]} {b[1]}")
     assert not overlaps, f"{name}: overlapping nodes after the run: {overlaps}"
+
+
+def test_node_help_page_and_search_aliases_reach_the_frontend(browser_tools, comfy, shots):
+    """The help panel shows js/docs/SafeCutNudeNetDetector.md (opened as a user does: the node library's help
+    button on 1.27, the properties panel's Info tab on newer frontends), readable without sideways scrolling; the
+    nodes' SEARCH_ALIASES reach the frontend's node definitions, and its node search finds a node by one."""
+    pack = load_pack()
+    ben2 = pack.NODE_CLASS_MAPPINGS["SafeCutBEN2RemoveBackground"]
+    rep = run_driver(browser_tools, comfy, shots, HELP_DRIVER, "node_help",
+                     {"node": "SafeCutNudeNetDetector", "display": "SafeCut NudeNet Detector", "alias": "rembg",
+                      "alias_node": "SafeCutBEN2RemoveBackground", "alias_target": "SafeCut BEN2 Remove Background"})
+    print(f"frontend {rep['frontend']}: help via {rep['opened_via']}, box {rep['help_box']}, "
+          f"'rembg' found: {rep['alias_hit']}; screenshots {rep['screenshots']}")
+    text = rep["help_text"]
+    page = (H.ROOT / "js" / "docs" / "SafeCutNudeNetDetector.md").read_text(encoding="utf-8")
+    # the page itself, not the frontend's fallback (description + input list) shown when no page is found
+    for phrase in ("Errors and fixes", "label_thresholds", "LABEL=score", "is not a NudeNet label",
+                   "FEMALE_BREAST_EXPOSED=0.4"):
+        assert phrase in page and phrase in text, phrase
+    box = rep["help_box"]
+    assert box["width"] >= 200 and box["overflow_x"] <= 0 and box["scroller_overflow_x"] <= 0, box
+
+    # ComfyUI 0.3.64 leaves SEARCH_ALIASES out of /object_info: the pack serves them and js/safecut.js fills them in
+    assert rep["def_aliases"] == ben2.SEARCH_ALIASES
+    if rep["frontend"].startswith("1.27."):  # its search reads name and display name only (README says so)
+        assert rep["alias_hit"] is False, "the pinned frontend now searches aliases: update README 'Nodes'"
+    else:
+        assert rep["alias_hit"] is True, "the node search did not find BEN2 by 'rembg'"
+    problems = [e for e in rep["console_errors"] + rep["page_errors"] if "safecut" in e.lower()]
+    assert not problems, problems
