@@ -33,6 +33,11 @@ def readme_speed() -> str:
     return section((ROOT / "README.md").read_text(encoding="utf-8"), "## Speed")
 
 
+def test_readme_install_section_points_at_the_help_pages():
+    install = section((ROOT / "README.md").read_text(encoding="utf-8"), "## Install in ComfyUI")
+    assert "help page" in install.lower() and "js/docs/<NodeClass>.md" in install
+
+
 def test_web_directory_serves_the_docs_folder():
     assert PACK.WEB_DIRECTORY == "./js" and DOCS.is_dir()
     assert sorted(p.stem for p in DOCS.glob("*.md")) == IDS, "one page per node, named by class id, nothing else"
