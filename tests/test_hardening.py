@@ -374,7 +374,8 @@ def test_guard_gpu_request_without_gpu_runs_on_cpu_and_strict_fails_closed(env, 
     clf = guard.SafetyClassifier(FAMILY, "Q4_K_M", threads=1, n_gpu_layers=8)
     (r,) = clf.classify(["an abstract shape"])
     assert r.decided_by == "classifier"
-    assert clf.device_description() == "CPU (GPU offload unavailable)"
+    assert clf.device_description().startswith("CPU · llama.cpp ") and \
+        clf.device_description().endswith(" (GPU offload unavailable)")
     strict = guard.SafetyClassifier(FAMILY, "Q4_K_M", threads=1, n_gpu_layers=8, strict_device=True)
     results = strict.classify(["an abstract shape", "a red mug"])
     assert [(x.verdict, x.decided_by) for x in results] == [("UNSAFE", "error")] * 2

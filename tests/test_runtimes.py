@@ -234,3 +234,39 @@ def test_openvino_model_is_cached_charged_and_unloaded(fresh_probe, swin_ben2):
     model = cache.get(entries[0], lambda: pytest.fail("reloaded"))
     assert isinstance(model.session, openvino_rt.OpenVINOSession)
     assert cache.unload("ben2") == 1 and model.session is None   # /free and Unload Models reach it
+
+
+# ---- llama.cpp build ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("info, isa", [
+    ("CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | LLAMAFILE = 1 | ", "AVX2"),
+    ("CPU : AVX = 1 | AVX2 = 1 | AVX512 = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1 | AMX_INT8 = 1 | ", "AVX-512 (VNNI, BF16)"),
+    ("CPU : SSE3 = 1 | AVX = 1 | AVX2 = 0 | ", "AVX"),
+    ("CPU : NEON = 1 | ARM_FMA = 1 | ", "NEON"),
+])
+def test_llama_build_isa_is_read_from_system_info(info, isa):
+    from safecut import guard
+
+    assert guard.build_isa(info) == isa
+
+
+def test_llama_build_below_the_cpu_warns_once_and_shows_on_the_node(flags, caplog):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from safecut import guard
+
+    built = guard.build_isa(llama_cpp.llama_print_system_info().decode())
+    providers._warned.clear()
+    flags(ZEN4)   # this CPU "has" AVX-512
+    with caplog.at_level(logging.WARNING):
+        assert guard._check_build_isa(llama_cpp) == built
+        guard._check_build_isa(llama_cpp)
+    if built.startswith("AVX-512"):
+        assert "AVX-512" not in caplog.text
+    else:
+        assert caplog.text.count(f"llama-cpp-python was built for {built} but this CPU has AVX-512") == 1
+        assert "--llama-cmake-args" in caplog.text
+    providers._warned.clear()
+    caplog.clear()
+    flags(AVX2)
+    with caplog.at_level(logging.WARNING):
+        guard._check_build_isa(llama_cpp)
+    assert "AVX-512" not in caplog.text
