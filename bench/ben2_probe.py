@@ -41,7 +41,10 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def make_caller(mode: str, model: str):
+DEVICE: list[str] = []   # what the SafeCut engine reported it ran on ("CPU · OpenVINO f32", …)
+
+
+def make_caller(mode: str, model: str, runtime: str = "auto"):
     """Returns (call(image) -> mask HxW float32, load_seconds)."""
     import numpy as np
 
@@ -49,9 +52,10 @@ def make_caller(mode: str, model: str):
     if mode == "safecut":
         from safecut import ben2
 
-        ben2.preload(model, "CPU")          # into the engine's cache; the first call below is a cache hit
+        m = ben2.preload(model, "CPU", runtime=runtime)   # into the engine's cache; the first call is a cache hit
         load = time.perf_counter() - t0
-        return (lambda img: ben2.remove_background([img], model, device="CPU").masks[0]), load
+        DEVICE[:] = [m.device.describe()]
+        return (lambda img: ben2.remove_background([img], model, device="CPU", runtime=runtime).masks[0]), load
     if mode == "naive":
         from .naive import NaiveBEN2
 
@@ -85,6 +89,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", default="768,1024", help="image H,W")
     ap.add_argument("--max-warmup", type=int, default=4)
     ap.add_argument("--save-mask", default="")
+    ap.add_argument("--runtime", default="auto", help="safecut mode: the CPU runtime (safecut.runtimes.CHOICES)")
     a = ap.parse_args(argv)
     sys.path.insert(0, ROOT)
     os.environ.setdefault("SAFECUT_OFFLINE", "1")
@@ -94,8 +99,8 @@ def main(argv=None) -> int:
 
     img = make_images(1, tuple(int(v) for v in a.size.split(",")), seed=3)[0]
     base_rss, base_peak = rss_mb(), peak_mb()
-    call, load = make_caller(a.mode, a.model)
-    res = {"mode": a.mode, "model": a.model, "load_s": load, "rss_after_load_mb": rss_mb(),
+    call, load = make_caller(a.mode, a.model, a.runtime)
+    res = {"mode": a.mode, "model": a.model, "runtime": a.runtime, "device": DEVICE[0] if DEVICE else "", "load_s": load, "rss_after_load_mb": rss_mb(),
            "peak_after_load_mb": peak_mb(), "base_rss_mb": base_rss, "base_peak_mb": base_peak}
     warm, mask = [], None
     while True:

@@ -310,11 +310,11 @@ def build_all(root: str, sections: set[str], ben2_path: str | None = None, log=p
     """Build (or find cached) what ``sections`` need. Returns {"paths": {...}, "builds": {...}}."""
     m = Manifest(root)
     paths, builds = {}, {}
-    if sections & {"ben2", "pipeline", "coldstart", "tune-ben2", "tune-int8", "flops"}:
+    if sections & {"ben2", "cpu", "pipeline", "coldstart", "tune-ben2", "tune-int8", "flops"}:
         build_ben2(m, root, paths, builds, ben2_path, log)
         if reference:
             paths["ben2_references"] = [os.path.abspath(r) for r in reference]
-    if sections & {"florence", "pipeline", "coldstart", "tune-florence"}:
+    if sections & {"florence", "cpu", "pipeline", "coldstart", "tune-florence"}:
         p = os.path.join(root, "florence2", FLORENCE_NAME)
         builds["florence"] = _step(m, "florence-base", p, lambda: build_florence_base(p), log)
         paths["florence"] = p

@@ -5,12 +5,13 @@ import os
 
 
 from ..safecut import ben2, modelfiles
-from .common import CATEGORY, DEVICE, KEEP_LOADED, THREADS, Progress, combo, images_to_numpy, timer, \
+from .common import CATEGORY, CPU_RUNTIME, DEVICE, KEEP_LOADED, THREADS, Progress, combo, images_to_numpy, timer, \
     to_image_tensor, to_mask_tensor, ui_result
 
 
 class SafeCutBEN2RemoveBackground:
-    DESCRIPTION = ("Cuts the subject out with BEN2 (ONNX Runtime). Outputs the cutout on the chosen background, "
+    DESCRIPTION = ("Cuts the subject out with BEN2 (ONNX Runtime on CUDA; on CPU ONNX Runtime or OpenVINO, as "
+                   "cpu_runtime picks for this CPU). Outputs the cutout on the chosen background, "
                    "the subject MASK (1 = subject) and the RGBA cutout for SafeCut Save Cutout. The published "
                    "BEN2_Base.onnx has a static batch of 1: images run one per model call (no batching gain). "
                    "*.int8.onnx files (python -m safecut models quantize) are experimental: not yet checked on "
@@ -50,10 +51,11 @@ class SafeCutBEN2RemoveBackground:
                            "Images per model call for models with a dynamic batch; 0 = auto (2 on CPU, 4 on "
                            "CUDA). The published BEN2_Base.onnx has a static batch of 1: it always runs one image "
                            "per call, whatever this says."}),
+            "cpu_runtime": CPU_RUNTIME,
         }}
 
     def run(self, image, model, provider, threads, background, custom_color, refine_edges, keep_model_loaded,
-            batch_size=0):
+            batch_size=0, cpu_runtime="auto"):
         t0 = timer()
         frames = images_to_numpy(image)
         if background == "custom":
@@ -61,7 +63,7 @@ class SafeCutBEN2RemoveBackground:
         result = ben2.remove_background(frames, model, device=provider, threads=threads, batch_size=batch_size,
                                         keep_loaded=keep_model_loaded,
                                         strict=os.environ.get("SAFECUT_STRICT_DEVICE") == "1",
-                                        progress=Progress(len(frames)))
+                                        progress=Progress(len(frames)), runtime=cpu_runtime)
         out_rgb, out_rgba = [], []
         for frame, mask in zip(frames, result.masks):
             fg = ben2.refine_foreground(frame, mask) if refine_edges else frame

@@ -9,6 +9,7 @@ import json
 import time
 from typing import Any
 
+from ..safecut import runtimes
 from ..safecut.lazy import numpy as np
 
 CATEGORY = "SafeCut"
@@ -18,6 +19,12 @@ DEVICE = (["auto", "CPU", "CUDA"], {"default": "auto", "tooltip":
           "auto: CUDA when it is really usable, else CPU (shown as 'CPU (GPU unused: …)' when a GPU is there but "
           "the installed runtime cannot use it). Asking for CUDA where there is none runs on CPU with a warning. "
           "The device actually used is shown on the node."})
+CPU_RUNTIME = (list(runtimes.CHOICES), {"default": "auto", "tooltip":
+               "What runs the model on CPU (CUDA always runs ONNX Runtime). auto: the path measured fastest for this "
+               "CPU (OpenVINO bf16 with AMX, OpenVINO f32 on AVX-512, see README 'Which CPU'); OpenVINO is "
+               "used only after a crash probe passed on this machine, else ONNX Runtime runs and the node says "
+               "why. bf16 without AMX is slower than f32 (or compiled as f32). The runtime used is shown on the "
+               "node, e.g. 'CPU · OpenVINO f32'."})
 THREADS = ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "CPU threads; 0 = one per physical core."})
 KEEP_LOADED = ("BOOLEAN", {"default": True, "tooltip":
                "Keep the model in SafeCut's cache for the next run (fast). Off frees its memory after this node."})

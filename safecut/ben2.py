@@ -1,4 +1,4 @@
-"""BEN2 background removal on ONNX Runtime.
+"""BEN2 background removal on ONNX Runtime (CUDA, CPU) or OpenVINO (CPU; safecut.runtimes decides).
 
 Input/output names, shapes and dtypes are read from the session (the published BEN2 ONNX declares a
 float16 output: it is cast to float32 before the min-max rescale, or the mask gets seams).
@@ -15,7 +15,7 @@ from typing import Callable
 
 from .lazy import numpy as np
 
-from . import hugepages, modelfiles, providers
+from . import hugepages, modelfiles, providers, runtimes
 from .cache import ModelKey, get_cache
 from .errors import BadInputError, SafeCutError
 from .registry import REGISTRY
@@ -120,11 +120,15 @@ def session_settings(path: str | None = None, cuda: bool = False) -> dict:
     return dict(base, **(ORT_SESSION_CUDA if cuda else {}), spinning=os.environ.get("SAFECUT_ORT_SPINNING", "1") != "0")
 
 
-def load_model(path: str, device: str = "auto", threads: int = 0, *, strict: bool = False) -> Ben2Model:
+def load_model(path: str, device: str = "auto", threads: int = 0, *, strict: bool = False,
+               runtime: str = "auto") -> Ben2Model:
+    """``runtime``: the CPU runtime (safecut.runtimes.CHOICES); CUDA always runs ONNX Runtime."""
     settings = session_settings(path, cuda="CUDAExecutionProvider" in providers.ort_provider_list(device))
-    sess, choice = providers.create_ort_session(path, device, threads=threads, strict=strict, cuda=CUDA_OPTIONS,
-                                                optimized_cache=_optimized_cache_path(path), **settings)
-    if not settings["mem_pattern"] and choice.used == "CPU":   # per-tensor mallocs on every call
+    sess, choice = runtimes.create_session(path, device, engine="ben2", runtime=runtime, threads=threads,
+                                           strict=strict, quantized=is_quantized(path), cuda=CUDA_OPTIONS,
+                                           optimized_cache=_optimized_cache_path(path), **settings)
+    on_ort_cpu = choice.used == "CPU" and choice.runtime.startswith("ONNX Runtime")
+    if not settings["mem_pattern"] and on_ort_cpu:              # per-tensor mallocs on every call
         hugepages.pin_mmap_threshold()                          # reuse heap blocks from the first call on
         if hugepages.status() == "off":
             providers.warn_once(f"the quantized BEN2 model '{os.path.basename(path)}' runs up to ~30 % slower "
@@ -240,35 +244,37 @@ def run_model(model: Ben2Model, images: list[np.ndarray], batch_size: int = 0,
     return masks
 
 
-def model_key(path: str, device: str, threads: int = 0) -> ModelKey:
-    return ModelKey("ben2", path, providers.normalize(device), "", providers.default_threads(threads))
+def model_key(path: str, device: str, threads: int = 0, runtime: str = "auto") -> ModelKey:
+    return ModelKey("ben2", path, providers.normalize(device), runtimes.normalize(runtime),
+                    providers.default_threads(threads))
 
 
-def _load_measured(path: str, device: str, threads: int, strict: bool) -> Ben2Model:
+def _load_measured(path: str, device: str, threads: int, strict: bool, runtime: str = "auto") -> Ben2Model:
     base = _peak_rss_bytes()
-    m = load_model(path, device, threads, strict=strict)
+    m = load_model(path, device, threads, strict=strict, runtime=runtime)
     m.measured_bytes_base = base
     return m
 
 
-def preload(model: str = DEFAULT_MODEL, device: str = "CPU", threads: int = 0) -> Ben2Model:
+def preload(model: str = DEFAULT_MODEL, device: str = "CPU", threads: int = 0, runtime: str = "auto") -> Ben2Model:
     """Load a BEN2 model into the cache without running it (bench, warm starts)."""
     path = modelfiles.resolve("ben2", model)
-    return get_cache().get(model_key(path, device, threads), lambda: _load_measured(path, device, threads, False),
+    return get_cache().get(model_key(path, device, threads, runtime),
+                           lambda: _load_measured(path, device, threads, False, runtime),
                            size=estimated_bytes, files=[path])
 
 
 def remove_background(images: list[np.ndarray], model: str = DEFAULT_MODEL, *, device: str = "auto",
                       threads: int = 0, batch_size: int = 0, keep_loaded: bool = True, strict: bool = False,
-                      progress: Callable[[int], None] | None = None) -> Ben2Run:
+                      progress: Callable[[int], None] | None = None, runtime: str = "auto") -> Ben2Run:
     path = modelfiles.resolve("ben2", model)
     cache = get_cache()
     loads_before = cache.stats()["load_seconds"]
     t0 = time.perf_counter()
 
     def attempt(dev: str) -> Ben2Run:
-        key = model_key(path, dev, threads)
-        with cache.use(key, lambda: _load_measured(path, dev, threads, strict), size=estimated_bytes, files=[path],
+        key = model_key(path, dev, threads, runtime)
+        with cache.use(key, lambda: _load_measured(path, dev, threads, strict, runtime), size=estimated_bytes, files=[path],
                        keep_loaded=keep_loaded) as m:
             providers.refuse_fallback(m.device, strict)
             first = not m.measured_bytes and m.device.used == "CPU"

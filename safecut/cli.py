@@ -8,6 +8,8 @@ import os
 import sys
 import time
 
+from . import runtimes
+
 
 def _bar(done: int, total: int, name: str, t0: float) -> None:
     width = 30
@@ -40,7 +42,8 @@ def cmd_run(a) -> int:
         a.llm_model = tiny.get("llm_model", a.llm_model)
         print("SafeCut: using tiny random-weight models (plumbing demo; results are meaningless)", file=sys.stderr)
     opts = pipeline.Options(
-        ben2_model=a.ben2_model, device=a.device, threads=a.threads, background=a.background,
+        ben2_model=a.ben2_model, device=a.device, cpu_runtime=a.cpu_runtime, threads=a.threads,
+        background=a.background,
         refine_edges=a.refine_edges, batch_size=a.batch_size, pattern=a.pattern,
         caption=a.caption, florence_model=a.florence_model, task=a.task, precision=a.precision,
         max_new_tokens=a.max_new_tokens, num_beams=a.num_beams,
@@ -147,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tiny-models", action="store_true",
                    help="build and use tiny random-weight models (no downloads; for trying the plumbing)")
     r.add_argument("--device", default="auto", choices=["auto", "CPU", "CUDA"])
+    r.add_argument("--cpu-runtime", default="auto", choices=runtimes.CHOICES,
+                   help="BEN2 and NudeNet on CPU (auto: the path measured fastest for this CPU; README 'Which CPU')")
     r.add_argument("--threads", type=int, default=0)
     r.add_argument("--batch-size", type=int, default=4)
     r.add_argument("--pattern", default="*")

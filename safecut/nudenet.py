@@ -34,7 +34,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from .lazy import numpy as np
 
-from . import modelfiles, providers
+from . import modelfiles, providers, runtimes
 from .cache import ModelKey, get_cache
 from .errors import BadInputError, SafeCutError
 from .registry import REGISTRY
@@ -167,8 +167,11 @@ def _size_from_name(path: str) -> int:
     return 640 if "640" in os.path.basename(path) else 320
 
 
-def load_model(path: str, device: str = "auto", threads: int = 0, *, strict: bool = False) -> NudeNetModel:
-    sess, choice = providers.create_ort_session(path, device, threads=threads, strict=strict)
+def load_model(path: str, device: str = "auto", threads: int = 0, *, strict: bool = False,
+               runtime: str = "auto") -> NudeNetModel:
+    """``runtime``: the CPU runtime (safecut.runtimes.CHOICES; auto: what safecut.cpu measured fastest)."""
+    sess, choice = runtimes.create_session(path, device, engine="nudenet", runtime=runtime, threads=threads,
+                                           strict=strict)
     inputs, outputs = sess.get_inputs(), sess.get_outputs()
     name = os.path.basename(path)
     if len(inputs) != 1 or len(inputs[0].shape) != 4 or not outputs or len(outputs[0].shape) != 3:
@@ -441,7 +444,8 @@ def detect(images: Sequence[np.ndarray], *, model: str = DEFAULT_MODEL, device: 
            batch_size: int = 0, input_size: int = 0, keep_loaded: bool = True, strict: bool = False,
            multi_label: bool = True, agnostic: bool = False,
            label_thresholds: str | Mapping[str, float] | None = None,
-           progress: Callable[[int], None] | None = None) -> NudeNetRun:
+           progress: Callable[[int], None] | None = None,
+           runtime: str = "auto") -> NudeNetRun:
     """Detect NudeNet labels in HxWx3 float32 0..1 RGB images (any sizes, batched together).
 
     ``is_unsafe`` per image: some label of ``unsafe_labels`` scored >= its threshold (its ``label_thresholds``
@@ -462,8 +466,9 @@ def detect(images: Sequence[np.ndarray], *, model: str = DEFAULT_MODEL, device: 
     t0 = time.perf_counter()
 
     def attempt(dev: str) -> NudeNetRun:
-        key = ModelKey("nudenet", path, providers.normalize(dev), "", providers.default_threads(threads))
-        with cache.use(key, lambda: load_model(path, dev, threads, strict=strict), files=[path],
+        key = ModelKey("nudenet", path, providers.normalize(dev), runtimes.normalize(runtime),
+                       providers.default_threads(threads))
+        with cache.use(key, lambda: load_model(path, dev, threads, strict=strict, runtime=runtime), files=[path],
                        keep_loaded=keep_loaded) as m:
             providers.refuse_fallback(m.device, strict)
             unknown = [l for l in unsafe if l not in m.labels]

@@ -20,6 +20,7 @@ from . import gate as gating  # 'gate' is also an option name
 class Options:
     ben2_model: str = ben2.DEFAULT_MODEL
     device: str = "auto"
+    cpu_runtime: str = "auto"     # BEN2 / NudeNet on CPU: safecut.runtimes.CHOICES
     threads: int = 0
     background: str = "alpha"
     refine_edges: bool = False
@@ -169,7 +170,7 @@ def _run_models(lines, frames, out_dir, opts: Options, keyword_gate, classifier)
     keep = not opts.low_memory
     t = time.perf_counter()
     cut = ben2.remove_background(frames, opts.ben2_model, device=opts.device, threads=opts.threads,
-                                 batch_size=opts.batch_size, keep_loaded=keep)
+                                 batch_size=opts.batch_size, keep_loaded=keep, runtime=opts.cpu_runtime)
     timings["ben2"] = time.perf_counter() - t
     devices = {"ben2": cut.device.describe()}
     captions = [""] * len(frames)
@@ -182,7 +183,7 @@ def _run_models(lines, frames, out_dir, opts: Options, keyword_gate, classifier)
                                       num_beams=opts.num_beams, batch_size=opts.batch_size, keep_loaded=keep)
         captions = list(res.captions)
         timings["caption"] = time.perf_counter() - t
-        devices["florence2"] = res.device.describe()
+        devices["florence2"] = res.describe()   # with the dtype that really ran: "CPU, bf16"
     nude = [None] * len(frames)
     nude_info: list[dict | None] = [None] * len(frames)
     if opts.nudenet:
@@ -190,7 +191,7 @@ def _run_models(lines, frames, out_dir, opts: Options, keyword_gate, classifier)
 
         t = time.perf_counter()
         nres = nudenet.detect(frames, model=opts.nudenet_model, device=opts.device, threshold=opts.nudenet_threshold,
-                              threads=opts.threads, keep_loaded=keep)
+                              threads=opts.threads, keep_loaded=keep, runtime=opts.cpu_runtime)
         nude = [r.is_unsafe for r in nres.results]
         nude_info = [{"is_unsafe": r.is_unsafe, "max_score": r.max_score, "detections": r.detections}
                      for r in nres.results]

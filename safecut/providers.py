@@ -40,9 +40,10 @@ class DeviceChoice:
     requested: str
     used: str            # "CPU", "CUDA", … what actually runs the model
     note: str = ""       # why it differs from the request, if it does
+    runtime: str = ""    # CPU runtime and numerics of an ONNX model, e.g. "OpenVINO bf16 (AMX)" (safecut.runtimes)
 
     def describe(self) -> str:
-        return self.used + (f" ({self.note})" if self.note else "")
+        return self.used + (f" · {self.runtime}" if self.runtime else "") + (f" ({self.note})" if self.note else "")
 
 
 def warn_once(msg: str) -> None:
@@ -201,9 +202,20 @@ def create_ort_session(model, requested: str = "auto", *, threads: int = 0, stri
         if "CUDAExecutionProvider" in providers:   # asked for and available, yet the session did not get it
             return sess, _unused_gpu("onnxruntime's CUDA provider failed to load (CUDA 12/13 or cuDNN 9 libraries "
                                      "missing or mismatched; see README 'GPU install')", "CUDA provider failed")
-        return sess, _unused_gpu("the installed onnxruntime is CPU-only: pip uninstall -y onnxruntime && "
-                                 "pip install onnxruntime-gpu (see README 'GPU install')", "onnxruntime is CPU-only")
+        return sess, _unused_gpu(*_ORT_CPU_ONLY)
     return sess, _report(req, used, strict)
+
+
+_ORT_CPU_ONLY = ("the installed onnxruntime is CPU-only: pip uninstall -y onnxruntime && pip install onnxruntime-gpu "
+                 "(see README 'GPU install')", "onnxruntime is CPU-only")
+
+
+def cpu_choice(requested: str, strict: bool = False) -> DeviceChoice:
+    """What a CPU-only session (OpenVINO) reports for ``requested``, with the same notes as an ORT CPU session."""
+    req = normalize(requested)
+    if req == "auto" and gpu_driver() == "CUDA":
+        return _unused_gpu(*_ORT_CPU_ONLY)
+    return _report(req, "CPU", strict)
 
 
 def _fresh(cache_path: str, model_path: str) -> bool:

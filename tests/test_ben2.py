@@ -124,14 +124,15 @@ def test_node_contract_and_outputs(pack, tiny_ben2_path, monkeypatch):
     assert image.dtype == torch.float32 and float(image.max()) <= 1.0 and float(image.min()) >= 0.0
     assert torch.allclose(rgba[..., 3], mask)
     assert float(image[0, 2, 2].min()) > 0.95      # white background where the mask is 0
-    assert AUTO_DEVICE in info and out["ui"]["device"] == [AUTO_DEVICE]
+    assert AUTO_DEVICE in info and out["ui"]["device"][0].split(" · ")[0] == AUTO_DEVICE and out["ui"]["device"][0] in info
 
 
 def test_node_cuda_request_reports_what_ran(pack, tiny_ben2_path, monkeypatch):
     monkeypatch.setenv("SAFECUT_MODELS_DIR", os.path.dirname(os.path.dirname(tiny_ben2_path)))
     node = pack.NODE_CLASS_MAPPINGS["SafeCutBEN2RemoveBackground"]()
     out = node.run(torch.from_numpy(subject_image()[None]), TINY_BEN2, "CUDA", 1, "alpha", "", False, False)
-    assert out["ui"]["device"] == (["CUDA"] if AUTO_DEVICE == "CUDA" else ["CPU (CUDA unavailable)"])
+    assert out["ui"]["device"][0] == "CUDA" if AUTO_DEVICE == "CUDA" else \
+        out["ui"]["device"][0].startswith("CPU · ") and out["ui"]["device"][0].endswith(" (CUDA unavailable)")
 
 
 def _short_batch_model(path: str) -> str:

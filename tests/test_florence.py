@@ -148,7 +148,30 @@ def test_tasks_map_to_florence_tokens():
     assert [florence.task_token(t) for t in florence.TASKS] == [
         "<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>"]
     assert florence.resolve_precision("auto", "CUDA") == ("fp16", "")
+
+
+AMX = "avx2 fma avx512f avx512cd avx512vl avx512dq avx512bw avx512_bf16 amx_bf16 amx_tile"
+ZEN4 = "avx2 fma avx512f avx512cd avx512vl avx512dq avx512bw avx512_bf16 avx512_vnni"
+
+
+def test_cpu_precision_follows_the_cpu_class(monkeypatch):
+    monkeypatch.setenv("SAFECUT_CPU_FLAGS", AMX)
+    assert florence.resolve_precision("auto", "CPU") == ("bf16", "")      # AMX: bf16 pays (x2.26 measured)
+    assert florence.resolve_precision("fp32", "CPU") == ("fp32", "")
+    monkeypatch.setenv("SAFECUT_CPU_FLAGS", ZEN4)                          # avx512_bf16 without AMX: fp32
     assert florence.resolve_precision("auto", "CPU") == ("fp32", "")
+    dtype, note = florence.resolve_precision("bf16", "CPU")               # an explicit bf16 is honoured, said
+    assert dtype == "bf16" and "without AMX" in note
+
+
+def test_bf16_on_cpu_really_runs_bf16(flo_models, monkeypatch):
+    monkeypatch.setenv("SAFECUT_CPU_FLAGS", AMX)
+    res = florence.caption_images(images(1), TINY, precision="auto", **FAST)
+    assert res.dtype == "bf16" and len(res.captions) == 1
+    fm = next(m for k, m in get_cache()._entries.items() if k.kind == "florence2" and k.precision == "bf16").model
+    import torch
+
+    assert next(fm.model.parameters()).dtype == torch.bfloat16
 
 
 def test_interrupt_stops_generation(flo_models):

@@ -203,7 +203,10 @@ def test_prefix_is_evaluated_once_and_reused(llm_dir):
     assert run2["suffix_tokens"] == sum(r.caption_tokens for r in second) + 4 * tail
     assert [r.p_unsafe for r in first] == [r.p_unsafe for r in second[:3]]  # deterministic, order-independent
     gpu, _ = guard._gpu_backend()   # what auto runs here: a GPU build's GPU, else CPU (noted beside an unused GPU)
-    unused = "CPU (GPU unused: llama-cpp-python is CPU-only)" if guard.providers.gpu_driver() else "CPU"
+    import llama_cpp
+
+    isa = guard.build_isa(llama_cpp.llama_print_system_info().decode())   # the build's ISA shows on CPU
+    unused = f"CPU · llama.cpp {isa}" + (" (GPU unused: llama-cpp-python is CPU-only)" if guard.providers.gpu_driver() else "")
     assert clf.device.used == (gpu or "CPU") and clf.device_description() == (gpu or unused)
 
 

@@ -15,7 +15,7 @@ WIDGET_ORDER = {
     "SafeCutLoadImageBatch": ["directory", "pattern", "sort", "start_index", "limit", "mode", "batch_fit", "on_error",
                               "uploads"],
     "SafeCutBEN2RemoveBackground": ["model", "provider", "threads", "background", "custom_color", "refine_edges",
-                                    "keep_model_loaded", "batch_size"],
+                                    "keep_model_loaded", "batch_size", "cpu_runtime"],
     "SafeCutSaveCutout": ["filename_prefix", "save_unsafe"],
     "SafeCutFlorence2Caption": ["model", "task", "device", "precision", "max_new_tokens", "num_beams", "batch_size",
                                 "keep_model_loaded"],

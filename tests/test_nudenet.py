@@ -265,7 +265,7 @@ def test_cuda_request_falls_back_to_cpu_with_a_note_and_strict_raises():
     with pytest.raises(DeviceUnavailableError):
         nn.detect([gradient()], device="CUDA", strict=True)
     run = nn.detect([gradient()], device="CUDA")
-    assert run.device.used == "CPU" and "CUDA" in run.device.note and run.device.describe().startswith("CPU (")
+    assert run.device.used == "CPU" and "CUDA" in run.device.note and run.device.describe().startswith("CPU · ")
     with pytest.raises(DeviceUnavailableError):   # the cached fallback session must not satisfy strict mode
         nn.detect([gradient()], device="CUDA", strict=True)
     assert nn.detect([gradient()], device="auto").device.note == ""
@@ -382,8 +382,8 @@ def test_node_outputs_with_the_real_model(node_mod):
     assert tuple(mask.shape) == (2, 48, 80) and mask.dtype == torch.float32 and mask.sum() == 0
     assert tuple(censored.shape) == (2, 48, 80, 3) and torch.equal(censored, img)   # pure red stays pure red
     report = json.loads(js)
-    assert report["device"] == "CPU" and report["model"] == "320n.onnx" and len(report["images"]) == 2
-    assert out["ui"]["device"] == ["CPU"] and "0/2 unsafe" in out["ui"]["text"][0]
+    assert report["device"].startswith("CPU · ") and report["model"] == "320n.onnx" and len(report["images"]) == 2
+    assert out["ui"]["device"] == [report["device"]] and "0/2 unsafe" in out["ui"]["text"][0]
     assert _run(node_mod, img)["result"][5] is img                         # censor=none: passthrough
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .base import CAPTIONS, SAFE_SHARE, Ctx, make_images
 from .ben2 import section_ben2
+from .cpu import section_cpu
 from .env import section_env, section_import
 from .florence import section_florence
 from .gate import section_gate
@@ -17,6 +18,7 @@ SECTIONS = {
     "env": ("Machine and GEMM limit", section_env),
     "import": ("Pack import", section_import),
     "ben2": ("BEN2 background removal (one image; the real architecture)", section_ben2),
+    "cpu": ("CPU numerics: each engine's CPU runtime and precision on this CPU", section_cpu),
     "llama": ("Llama safety classifier, per caption", section_llama),
     "quant": ("Llama quantizations (the dropdown)", section_quant),
     "florence": ("Florence-2-base captions", section_florence),
@@ -28,5 +30,5 @@ SECTIONS = {
     "tune-florence": ("Tuning: Florence-2 generation settings", section_tune_florence),
     "tune-llama": ("Tuning: Llama classifier settings", section_tune_llama),
 }
-DEFAULT = ["env", "import", "ben2", "llama", "quant", "florence", "gate", "pipeline", "coldstart"]
+DEFAULT = ["env", "import", "ben2", "cpu", "llama", "quant", "florence", "gate", "pipeline", "coldstart"]
 TUNE = ["tune-ben2", "tune-int8", "tune-florence", "tune-llama"]

@@ -15,16 +15,19 @@ from .base import ROOT, Ctx, page_env
 ISSUE_GFLOP = 2151.0          # the upstream export's count on which issue 9 was measured
 
 
-def probe(ctx: Ctx, mode: str, model: str, runs: int, mask: str = "", huge_pages: bool = False) -> dict:
+def probe(ctx: Ctx, mode: str, model: str, runs: int, mask: str = "", huge_pages: bool = False,
+          runtime: str = "auto", env: dict | None = None) -> dict:
     """One configuration in a fresh process (bench/ben2_probe.py); adds the CPU share others took meanwhile."""
     h, w = ctx.size
-    cmd = [sys.executable, "-m", "bench.ben2_probe", mode, model, "--runs", str(runs), "--size", f"{h},{w}"]
+    cmd = [sys.executable, "-m", "bench.ben2_probe", mode, model, "--runs", str(runs), "--size", f"{h},{w}",
+           "--runtime", runtime]
     if ctx.quick:
         cmd += ["--max-warmup", "2"]
     if mask:
         cmd += ["--save-mask", mask]
     snap, load = cpu_snapshot(), load_avg()
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, cwd=ROOT, env=page_env(huge_pages))
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, cwd=ROOT,
+                       env=dict(page_env(huge_pages), **(env or {})))
     line = next((ln for ln in r.stdout.splitlines() if ln.startswith("PROBE ")), None)
     if r.returncode != 0 or line is None:
         raise RuntimeError(f"{mode} probe of {os.path.basename(model)} failed: {r.stderr[-1500:]}")

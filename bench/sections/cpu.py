@@ -1,0 +1,187 @@
+"""CPU numerics: every engine's CPU options on this machine (BEN2 on ORT fp32 / ORT INT8 / OpenVINO f32 / OpenVINO
+bf16, NudeNet on ORT / OpenVINO, Florence-2 fp32 / bf16, the llama.cpp build's ISA), with what ``auto`` picks here,
+the difference from fp32 and the fraction of the matching GEMM peak (fp32 and bf16 measured here)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from ..common import Section, measure
+from .base import ROOT, Ctx, _fs, _quiet_transformers, _unload_all, make_images
+from .ben2 import _fmt_times, probe
+
+
+def torch_gemm_peak(dtype: str, n: int = 2048, runs: int = 5) -> float:
+    """GFLOP/s of an n×n torch matmul in fp32 or bf16 (oneDNN: AMX tiles where the CPU has them, AVX512-BF16 dot
+    products or emulation elsewhere): the ceiling bf16 numerics can reach on this CPU."""
+    import torch
+
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
+    with torch.inference_mode():
+        torch.mm(a, b)
+        best = min(_timed(lambda: torch.mm(a, b)) for _ in range(runs))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def _photos() -> list[np.ndarray]:
+    from PIL import Image
+
+    d = os.path.join(ROOT, "tests", "data", "photos")
+    return [np.asarray(Image.open(os.path.join(d, n)).convert("RGB"), np.float32) / 255.0
+            for n in sorted(os.listdir(d)) if n.endswith(".jpg")]
+
+
+def section_cpu(ctx: Ctx, sec: Section) -> None:
+    from safecut import cpu, openvino_rt, runtimes
+
+    from ..flops import count_flops
+
+    sec.data["cpu"] = {"class": cpu.cpu_class(), "describe": cpu.describe(), "openvino": openvino_rt.version()}
+    # bf16 without hardware support is emulated (~100x slower here): a smaller matrix keeps that row short
+    n_bf16 = 2048 if cpu.has("avx512_bf16") else 512
+    peaks = {"ORT fp32 (section env)": ctx.shared.get("gemm_gflops"), "torch fp32": torch_gemm_peak("fp32"),
+             "torch bf16": torch_gemm_peak("bf16", n_bf16, runs=2)}
+    sec.data["gemm_gflops"] = peaks
+    fp32_peak = max(v for k, v in peaks.items() if v and "bf16" not in k)
+    for what, v in peaks.items():
+        if v:
+            sec.row(table="GEMM peak", what=what, value=f"{v:.1f} GFLOP/s",
+                    detail=f"{n_bf16 if 'bf16' in what else 2048}² matmul, best of runs" if what.startswith("torch")
+                    else "ORT MatMul sweep")
+    _ben2(ctx, sec, runtimes, fp32_peak, peaks["torch bf16"], count_flops)
+    _nudenet(ctx, sec)
+    _florence(ctx, sec, cpu)
+    _llama(sec, cpu)
+    sec.notes.append(f"This machine: {cpu.describe()}; OpenVINO {openvino_rt.version()}. 'auto' here: BEN2 "
+                     f"{runtimes.cpu_plan('ben2')}, NudeNet {runtimes.cpu_plan('nudenet')}, Florence-2 "
+                     f"{cpu.florence_cpu_dtype()}. bf16 rows on a CPU without AMX show what really ran (OpenVINO may "
+                     f"compile a bf16 request as f32 where it finds no bf16 support).")
+
+
+def _ben2(ctx, sec, runtimes, fp32_peak, bf16_peak, count_flops) -> None:
+    path, int8 = ctx.paths["ben2"], ctx.paths.get("ben2_int8")
+    runs = ctx.runs if ctx.quick else ctx.heavy_runs
+    gflop = count_flops(path)["total"] / 1e9
+    masks = os.path.join(ctx.out, "cpu-masks")
+    os.makedirs(masks, exist_ok=True)
+    blobs = os.path.join(ctx.out, "ov-blobs")
+    configs = [("ort", "ONNX Runtime", path, {}), ("ov-f32", "OpenVINO f32", path, {})]
+    if not ctx.quick:   # the smoke run (--quick) checks the two paths auto can take; the full run has every row
+        configs.append(("ov-bf16", "OpenVINO bf16", path, {}))
+        if int8 and os.path.isfile(int8):
+            configs.insert(1, ("ort-int8", "ONNX Runtime", int8, {}))
+        # OpenVINO's model cache: a first process writes the blob, the measured second one loads it
+        configs.append(("ov-f32-cached", "OpenVINO f32", path, {"SAFECUT_OV_CACHE": "1", "SAFECUT_CACHE_DIR": blobs}))
+    res = {}
+    for key, runtime, model, env in configs:
+        ctx.log(f"    cpu: BEN2 {key} ...")
+        if key == "ov-f32-cached":   # a first process compiles and writes the blob
+            subprocess.run([sys.executable, "-c", "import sys; from safecut import ben2; "
+                            "ben2.preload(sys.argv[1], 'CPU', runtime='OpenVINO f32')", model],
+                           cwd=ROOT, env=dict(os.environ, **env), check=True, timeout=1800)
+        res[key] = probe(ctx, "safecut", model, runs, os.path.join(masks, f"{key}.npy"), huge_pages=True,
+                         runtime=runtime, env=env)
+    ref = np.load(os.path.join(masks, "ort.npy"))
+    sec.data["ben2"] = res
+    auto = runtimes.cpu_plan("ben2")
+    for key, runtime, model, _ in configs:
+        p = res[key]
+        m = np.load(os.path.join(masks, f"{key}.npy"))
+        diff = np.abs(m - ref)
+        p["mask_mean_abs_vs_fp32"], p["mask_max_abs_vs_fp32"] = float(diff.mean()), float(diff.max())
+        gf = gflop / p["steady_s"]
+        peak = bf16_peak if "bf16" in p["device"] else fp32_peak
+        kind = "bf16" if "bf16" in p["device"] else "fp32"
+        is_auto = (runtimes.cpu_plan("ben2", runtime, quantized=model == int8) == auto and model == path
+                   and key != "ov-f32-cached")
+        size = ctx.builds.get("ben2", {}).get("size", 1024)
+        sec.row(table=f"BEN2 {size}² (fresh process per row{', QUICK reduced build' if ctx.quick else ''})", what=p["device"] + (" (INT8 file)" if key == "ort-int8" else "")
+                + (", model cache on (2nd process)" if key == "ov-f32-cached" else "") + (" ← auto" if is_auto else ""),
+                steady=_fmt_times(p), first_call=f"{p['first_s']:.2f} s", load=f"{p['load_s']:.2f} s",
+                peak_rss=f"{p['peak_mb'] / 1024:.2f} GB",
+                vs_fp32=f"mean |Δ| {p['mask_mean_abs_vs_fp32']:.4f}, max {p['mask_max_abs_vs_fp32']:.4f}",
+                detail=f"{gf:.0f} GFLOP/s = {gf / peak * 100:.0f} % of the {kind} GEMM peak; others took "
+                       f"{p['other_share'] * 100:.0f} % CPU" if peak else "")
+
+
+def _nudenet(ctx, sec) -> None:
+    from safecut import nudenet
+
+    imgs = _photos()
+    runs = max(3, ctx.runs)
+    ref = None
+    sec.data["nudenet"] = {}
+    for runtime in ("ONNX Runtime", "OpenVINO f32"):
+        _unload_all()
+        t0 = time.perf_counter()
+        first = nudenet.detect(imgs, device="CPU", runtime=runtime, threshold=0.2)
+        first_s = time.perf_counter() - t0
+        st = measure(lambda: nudenet.detect(imgs, device="CPU", runtime=runtime, threshold=0.2), runs, warmup=1)
+        dets = [[(d["label"], d["score"], d["box"]) for d in r.detections] for r in first.results]
+        ref = ref or dets
+        score = max((abs(a[1] - b[1]) for x, y in zip(ref, dets) for a, b in zip(x, y)), default=0.0)
+        box = max((max(abs(p - q) for p, q in zip(a[2], b[2])) for x, y in zip(ref, dets) for a, b in zip(x, y)),
+                  default=0)
+        same = [[a[0] for a in x] for x in ref] == [[a[0] for a in y] for y in dets]
+        sec.data["nudenet"][runtime] = {"stats": st, "first_s": first_s, "device": first.device.describe()}
+        sec.row(table=f"NudeNet 320n (the trained detector), {len(imgs)} photos", what=first.device.describe(),
+                per_image=f"{st['median'] / len(imgs) * 1000:.0f} ms", batch=_fs(st), first_call=f"{first_s:.2f} s",
+                vs_fp32=f"labels {'same' if same else 'DIFFER'}, score Δ ≤ {score:.4f}, box Δ ≤ {box} px")
+    _unload_all()
+
+
+def _florence(ctx, sec, cpu) -> None:
+    from safecut import florence
+
+    _quiet_transformers()
+    path = ctx.paths.get("florence")
+    if not path:
+        return
+    B, T = 4, 8 if ctx.quick else ctx.florence_tokens
+    images = make_images(B, ctx.size, seed=5)
+    out, caps = {}, {}
+    for dtype in ("fp32", "bf16"):
+        fm = florence.load_model(path, "cpu", dtype)
+        fm.model.generation_config.min_new_tokens = T
+        slow = dtype == "bf16" and not cpu.has("avx512_bf16")   # emulated bf16: one call says enough
+        st = measure(lambda: florence.generate_captions(fm, images, "more detailed caption", max_new_tokens=T,
+                                                        num_beams=3, batch_size=B), 1 if slow else ctx.heavy_runs,
+                     warmup=0 if slow else 1)
+        caps[dtype] = st["_result"]
+        fm.close()
+        out[dtype] = st
+    same = sum(a == b for a, b in zip(caps["fp32"], caps["bf16"])) / B
+    sec.data["florence"] = {"fp32": out["fp32"], "bf16": out["bf16"], "same_captions": same}
+    for dtype in ("fp32", "bf16"):
+        per = out[dtype]["median"] / B
+        sec.row(table=f"Florence-2-base, batch {B}, 3 beams, {T} tokens", what=dtype + (" ← auto" if
+                cpu.florence_cpu_dtype() == dtype else ""), per_image=f"{per:.2f} s",
+                vs_fp32=(f"×{out['fp32']['median'] / out[dtype]['median']:.2f}; captions equal in {same * 100:.0f} %"
+                         if dtype == "bf16" else ""), detail=f"batch {_fs(out[dtype])}")
+
+
+def _llama(sec, cpu) -> None:
+    try:
+        import llama_cpp
+
+        from safecut import guard
+
+        isa = guard.build_isa(llama_cpp.llama_print_system_info().decode())
+    except Exception as exc:
+        sec.row(table="llama.cpp", what="build", value=f"not checked ({type(exc).__name__})")
+        return
+    sec.data["llama_build_isa"] = isa
+    sec.row(table="llama.cpp", what="installed build", value=isa,
+            detail=f"this CPU: {cpu.cpu_class()}; install.py / scripts/setup.sh compile with "
+                   f"{' '.join(cpu.llama_cmake_args())} (tokens/s: section llama)")

@@ -1,0 +1,82 @@
+"""Which runtime runs an ONNX model (BEN2, NudeNet): ONNX Runtime on CUDA, and on CPU ONNX Runtime fp32 or
+OpenVINO f32/bf16, as :mod:`safecut.cpu` decides for this CPU (``auto``) or the user asks.
+
+The CUDA path is ONNX Runtime as before (an explicit CPU runtime choice does not touch it). On CPU, OpenVINO is
+used only when it is installed and passed its crash probe here (:mod:`safecut.openvino_rt`); otherwise ONNX
+Runtime runs and the reason is said once and shown on the node. The returned DeviceChoice names what really ran,
+e.g. ``CPU · OpenVINO bf16 (AMX)`` or ``CPU · ONNX Runtime fp32``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+from . import cpu, openvino_rt, providers
+
+# node widget choices (public contract: append only)
+CHOICES = ["auto", "ONNX Runtime", "OpenVINO f32", "OpenVINO bf16"]
+_PLAN = {"ONNX Runtime": ("onnxruntime", "f32"), "OpenVINO f32": ("openvino", "f32"),
+         "OpenVINO bf16": ("openvino", "bf16")}
+ORT_LABEL = "ONNX Runtime fp32"
+
+
+def normalize(runtime: str | None) -> str:
+    r = (runtime or "auto").strip()
+    for c in CHOICES:
+        if r.lower() == c.lower():
+            return c
+    raise ValueError(f"cpu_runtime '{runtime}' is not one of: {', '.join(CHOICES)}")
+
+
+def cpu_plan(engine: str, runtime: str = "auto", quantized: bool = False) -> tuple[str, str]:
+    """(runtime, precision) wanted on CPU. ``auto`` keeps an INT8 (QDQ) file on ONNX Runtime: its session settings
+    and its speed were measured there only."""
+    r = normalize(runtime)
+    if r != "auto":
+        return _PLAN[r]
+    if quantized:
+        return "onnxruntime", "f32"
+    return cpu.onnx_cpu_runtime(engine)
+
+
+def _label(precision: str) -> str:
+    return f"OpenVINO {precision}" + (" (AMX)" if precision == "bf16" and cpu.has("amx_bf16") else "")
+
+
+def create_session(path: str, device: str = "auto", *, engine: str, runtime: str = "auto", threads: int = 0,
+                   strict: bool = False, quantized: bool = False, **ort_kwargs):
+    """(session, DeviceChoice). ``ort_kwargs`` go to providers.create_ort_session (memory settings, CUDA options)."""
+    r = normalize(runtime)
+    if "CUDAExecutionProvider" in providers.ort_provider_list(device):   # CUDA: ONNX Runtime, unchanged
+        sess, choice = providers.create_ort_session(path, device, threads=threads, strict=strict, **ort_kwargs)
+        return sess, (choice if choice.used != "CPU" else replace(choice, runtime=_ort_label(quantized)))
+    want, precision = cpu_plan(engine, r, quantized)
+    note = ""
+    if want == "openvino":
+        if precision == "bf16" and not cpu.bf16_fast():
+            providers.warn_once(f"OpenVINO bf16 was asked for on a CPU without AMX ({cpu.describe()}): bf16 there is "
+                                f"slower than f32 or not supported at all (measured: 10.0 s vs 6.6 s f32 for BEN2 "
+                                f"1024² on an AVX-512 Xeon with AMX disabled); use auto or OpenVINO f32")
+        ok, why = openvino_rt.usable(precision)
+        if ok:
+            try:
+                sess = openvino_rt.OpenVINOSession(path, precision, providers.default_threads(threads))
+            except Exception as exc:   # a model OpenVINO cannot compile still runs, on ONNX Runtime
+                why = f"OpenVINO could not compile '{os.path.basename(path)}' ({type(exc).__name__}: {str(exc)[:200]})"
+            else:
+                choice = providers.cpu_choice(device, strict)
+                label = _label(sess.precision)
+                if sess.precision != precision:
+                    label += f", {precision} not supported by this CPU"
+                return sess, replace(choice, runtime=label)
+        providers.warn_once(f"OpenVINO {precision} not used for {engine}: {why}; running ONNX Runtime fp32")
+        note = f"OpenVINO refused: {why}" if r != "auto" else "OpenVINO unavailable"
+    sess, choice = providers.create_ort_session(path, device, threads=threads, strict=strict, **ort_kwargs)
+    if note:
+        choice = replace(choice, note="; ".join(filter(None, [choice.note, note])))
+    return sess, replace(choice, runtime=_ort_label(quantized) if choice.used == "CPU" else "")
+
+
+def _ort_label(quantized: bool) -> str:
+    return "ONNX Runtime INT8" if quantized else ORT_LABEL
+

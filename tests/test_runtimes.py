@@ -1,0 +1,272 @@
+"""CPU numerics: what safecut.cpu decides per CPU class, the OpenVINO crash probe and every fallback to ONNX
+Runtime, and OpenVINO's results against ONNX Runtime fp32 (a BEN2-shaped graph, NudeNet's trained detector)."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from safecut import ben2, cpu, nudenet, openvino_rt, providers, runtimes
+from safecut.cache import get_cache
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PHOTOS = os.path.join(HERE, "data", "photos")
+needs_ov = pytest.mark.skipif(openvino_rt.version() is None, reason="openvino is not installed (pip install openvino)")
+
+AMX_XEON = "avx avx2 fma avx512f avx512cd avx512vl avx512dq avx512bw avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8"
+ZEN4 = "avx avx2 fma avx512f avx512cd avx512vl avx512dq avx512bw avx512_vnni avx512vbmi avx512_bf16"
+AVX2 = "avx avx2 fma f16c bmi2"
+
+
+@pytest.fixture()
+def flags(monkeypatch):
+    def use(text):
+        monkeypatch.setenv("SAFECUT_CPU_FLAGS", text)
+    yield use
+
+
+@pytest.fixture()
+def fresh_probe(tmp_path, monkeypatch):
+    """A probe verdict store of this test's own, and no verdicts remembered in this process."""
+    monkeypatch.setenv("SAFECUT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(openvino_rt, "_verdicts", {})
+    providers._warned.clear()
+    return tmp_path / "cache" / "openvino-probe.json"
+
+
+def crash_with(code: str):
+    return lambda precision: [sys.executable, "-c", code]
+
+
+# ---- what the CPU class decides -------------------------------------------------------------------
+@pytest.mark.parametrize("text, cls, ben2_rt, florence", [
+    (AMX_XEON, "AMX", ("openvino", "bf16"), "bf16"),
+    (ZEN4, "AVX-512", ("openvino", "f32"), "fp32"),
+    (AVX2, "AVX2", ("onnxruntime", "f32"), "fp32"),
+    ("sse4_2", "baseline", ("onnxruntime", "f32"), "fp32"),
+])
+def test_cpu_class_decides_the_auto_numerics(flags, text, cls, ben2_rt, florence):
+    flags(text)
+    assert cpu.cpu_class() == cls
+    assert cpu.florence_cpu_dtype() == florence
+    assert cpu.bf16_fast() == (cls == "AMX")   # avx512_bf16 alone (Zen 4) is not enough
+    if ben2_rt is not None:
+        assert cpu.onnx_cpu_runtime("ben2") == ben2_rt
+    assert runtimes.cpu_plan("ben2", "auto", quantized=True) == ("onnxruntime", "f32")   # INT8 never moves to OV
+    assert runtimes.cpu_plan("ben2", "OpenVINO bf16") == ("openvino", "bf16")             # explicit is honoured
+    assert runtimes.cpu_plan("nudenet", "ONNX Runtime") == ("onnxruntime", "f32")
+
+
+def test_llama_build_flags_follow_the_cpu_and_never_go_native(flags):
+    flags(AVX2)
+    assert cpu.llama_cmake_args() == ["-DGGML_NATIVE=OFF", "-DLLAVA_BUILD=OFF"] and cpu.llama_isa_tag() == "avx2"
+    flags(ZEN4)
+    args = cpu.llama_cmake_args()
+    assert "-DGGML_AVX512=ON" in args and "-DGGML_AVX512_BF16=ON" in args and "-DGGML_AVX512_VBMI=ON" in args
+    assert "-DGGML_AVX_VNNI=ON" not in args            # Zen 4 has no AVX-VNNI: that build would SIGILL
+    assert cpu.llama_isa_tag() == "avx512-vnni-vbmi-bf16"
+    flags(AMX_XEON)
+    assert "-DGGML_AVX512_VBMI=ON" not in cpu.llama_cmake_args() and cpu.llama_isa_tag() == "avx512-vnni-bf16"
+    assert all("NATIVE=ON" not in a and "AMX" not in a for a in cpu.llama_cmake_args())
+
+
+def test_cpu_module_runs_before_any_dependency_exists():
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-S", "-m", "safecut.cpu", "--llama-cmake-args"], capture_output=True,
+                         text=True, cwd=os.path.dirname(HERE), env={"SAFECUT_CPU_FLAGS": ZEN4, "PATH": os.environ["PATH"]})
+    assert out.returncode == 0 and "-DGGML_AVX512=ON" in out.stdout, out.stderr
+
+
+def test_unknown_runtime_is_a_clear_error():
+    with pytest.raises(ValueError, match="cpu_runtime 'TensorFlow' is not one of: auto, ONNX Runtime"):
+        runtimes.normalize("TensorFlow")
+
+
+# ---- the probe ----------------------------------------------------------------------------------
+@needs_ov
+def test_real_probe_passes_and_its_verdict_is_kept_per_cpu_and_version(fresh_probe, monkeypatch):
+    assert openvino_rt.usable("f32") == (True, "")
+    stored = fresh_probe.read_text()
+    assert cpu.model_name() in stored and openvino_rt.version() in stored and "|f32" in stored
+    # a second process reads the verdict: the probe does not run again (it would crash here)
+    monkeypatch.setattr(openvino_rt, "_verdicts", {})
+    monkeypatch.setattr(openvino_rt, "probe_command", crash_with("import os, signal; os.kill(os.getpid(), signal.SIGFPE)"))
+    assert openvino_rt.usable("f32") == (True, "")
+
+
+@needs_ov
+def test_crashing_probe_means_onnx_runtime_said_once(fresh_probe, monkeypatch, tiny_ben2_path, caplog):
+    monkeypatch.setattr(openvino_rt, "probe_command", crash_with("import os, signal; os.kill(os.getpid(), signal.SIGFPE)"))
+    ok, why = openvino_rt.usable("f32")
+    assert not ok and "SIGFPE" in why and "crashed" in why
+    with caplog.at_level(logging.WARNING):
+        sess, choice = runtimes.create_session(tiny_ben2_path, "CPU", engine="ben2", runtime="OpenVINO f32")
+        runtimes.create_session(tiny_ben2_path, "CPU", engine="ben2", runtime="OpenVINO f32")
+    assert not isinstance(sess, openvino_rt.OpenVINOSession)
+    assert choice.describe().startswith("CPU · ONNX Runtime fp32 (OpenVINO refused: OpenVINO f32 crashed")
+    assert caplog.text.count("SIGFPE") == 1            # said once, not per load
+    assert '"ok": false' in fresh_probe.read_text()    # and not probed again in the next process
+
+
+@needs_ov
+@pytest.mark.parametrize("code, timeout, expect", [
+    ("print('PROBE WRONG max abs error 3.1 > 0.02')", None, "wrong results"),
+    ("import sys; sys.exit(3)", None, "exit 3"),
+    ("import time; time.sleep(30)", 1.0, "did not finish within 1 s"),
+])
+def test_wrong_failing_or_hanging_probe_refuses_openvino(fresh_probe, monkeypatch, code, timeout, expect):
+    monkeypatch.setattr(openvino_rt, "probe_command", crash_with(code))
+    if timeout:
+        monkeypatch.setattr(openvino_rt, "PROBE_TIMEOUT_S", timeout)
+    ok, why = openvino_rt.usable("bf16")
+    assert not ok and expect in why
+
+
+def test_missing_openvino_runs_onnx_runtime_with_a_note(fresh_probe, monkeypatch, tiny_ben2_path, flags):
+    flags(ZEN4)   # auto wants OpenVINO f32 here
+    monkeypatch.setattr(openvino_rt, "version", lambda: None)
+    sess, choice = runtimes.create_session(tiny_ben2_path, "auto", engine="ben2")
+    assert choice.used == "CPU" and choice.runtime == "ONNX Runtime fp32" and choice.note == "OpenVINO unavailable"
+    assert "not installed" in str(providers._warned)
+
+
+def test_openvino_off_by_environment(fresh_probe, monkeypatch):
+    monkeypatch.setenv("SAFECUT_OPENVINO", "0")
+    assert openvino_rt.usable("f32") == (False, "SAFECUT_OPENVINO=0")
+
+
+@needs_ov
+def test_failing_compile_falls_back_to_onnx_runtime(fresh_probe, monkeypatch, tiny_ben2_path):
+    class Broken:
+        def __init__(self, *a, **k):
+            raise RuntimeError("Exception from src/plugins/intel_cpu: unsupported op")
+
+    monkeypatch.setattr(openvino_rt, "usable", lambda p: (True, ""))
+    monkeypatch.setattr(openvino_rt, "OpenVINOSession", Broken)
+    sess, choice = runtimes.create_session(tiny_ben2_path, "CPU", engine="ben2", runtime="OpenVINO f32")
+    assert choice.runtime == "ONNX Runtime fp32" and "could not compile" in choice.note and "unsupported op" in choice.note
+    assert sess.get_providers() == ["CPUExecutionProvider"]
+
+
+def test_cuda_path_stays_onnx_runtime(monkeypatch, tiny_ben2_path, flags):
+    """Where ORT offers CUDA, the CPU runtime choice is not consulted (the GPU path is untouched)."""
+    flags(AMX_XEON)
+    calls = []
+    monkeypatch.setattr(providers, "ort_provider_list", lambda d: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(providers, "create_ort_session",
+                        lambda path, device, **kw: calls.append(kw) or ("ort", providers.DeviceChoice("auto", "CUDA")))
+    monkeypatch.setattr(openvino_rt, "usable", lambda p: pytest.fail("OpenVINO consulted on the CUDA path"))
+    sess, choice = runtimes.create_session(tiny_ben2_path, "auto", engine="ben2", runtime="OpenVINO bf16")
+    assert sess == "ort" and choice.describe() == "CUDA" and len(calls) == 1
+
+
+# ---- OpenVINO against ONNX Runtime --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def swin_ben2(tmp_path_factory):
+    """A BEN2-I/O graph with window attention, MLP MatMuls and convs (the ops BEN2 spends its time in)."""
+    from safecut.testkit.tiny_swin_ben2 import build_tiny
+
+    return build_tiny(str(tmp_path_factory.mktemp("swin") / "swin-ben2.onnx"))
+
+
+def _masks(path, runtime, images):
+    get_cache().unload()
+    run = ben2.remove_background(images, path, device="CPU", runtime=runtime, keep_loaded=False)
+    return run, np.stack(run.masks)
+
+
+def _photos(size=None):
+    out = []
+    for n in sorted(os.listdir(PHOTOS)):
+        if n.endswith(".jpg"):
+            im = Image.open(os.path.join(PHOTOS, n)).convert("RGB")
+            out.append(np.asarray(im.resize(size) if size else im, np.float32) / 255.0)
+    return out
+
+
+@needs_ov
+def test_openvino_masks_equal_onnx_runtime_fp32(fresh_probe, swin_ben2):
+    images = _photos((160, 120))
+    ref_run, ref = _masks(swin_ben2, "ONNX Runtime", images)
+    f32_run, f32 = _masks(swin_ben2, "OpenVINO f32", images)
+    assert ref_run.device.describe() == "CPU · ONNX Runtime fp32"
+    assert f32_run.device.describe() == "CPU · OpenVINO f32"
+    assert np.abs(f32 - ref).max() <= 1e-3
+    bf_run, bf = _masks(swin_ben2, "OpenVINO bf16", images)   # bf16 with AMX; compiled as f32 where not supported
+    assert bf_run.device.runtime.startswith("OpenVINO")
+    assert np.abs(bf - ref).mean() <= 0.01
+
+
+@needs_ov
+def test_nudenet_trained_detector_agrees_on_openvino(fresh_probe):
+    images = _photos()
+    ref = nudenet.detect(images, device="CPU", runtime="ONNX Runtime", threshold=0.2)
+    seen = 0
+    for runtime in ("OpenVINO f32", "OpenVINO bf16"):
+        get_cache().unload()
+        got = nudenet.detect(images, device="CPU", runtime=runtime, threshold=0.2)
+        assert got.device.runtime.startswith("OpenVINO")
+        for a, b in zip(ref.results, got.results):
+            da = sorted(a.detections, key=lambda d: d["label"])
+            db = sorted(b.detections, key=lambda d: d["label"])
+            assert [d["label"] for d in da] == [d["label"] for d in db]
+            for x, y in zip(da, db):
+                assert abs(x["score"] - y["score"]) <= 0.02
+                assert max(abs(p - q) for p, q in zip(x["box"], y["box"])) <= 3
+            seen += len(da)
+    assert seen >= 2 * 3   # the photos really give detections (faces), so the comparison compares something
+
+
+@needs_ov
+def test_openvino_model_is_cached_charged_and_unloaded(fresh_probe, swin_ben2):
+    cache = get_cache()
+    cache.unload()
+    run = ben2.remove_background(_photos((160, 120))[:1], swin_ben2, device="CPU", runtime="OpenVINO f32")
+    assert run.device.runtime == "OpenVINO f32"
+    entries = [k for k in cache.keys() if k.kind == "ben2" and k.precision == "OpenVINO f32"]
+    assert len(entries) == 1
+    assert cache.stats()["resident_bytes"] >= os.path.getsize(swin_ben2)   # at least the weights, measured after the run
+    model = cache.get(entries[0], lambda: pytest.fail("reloaded"))
+    assert isinstance(model.session, openvino_rt.OpenVINOSession)
+    assert cache.unload("ben2") == 1 and model.session is None   # /free and Unload Models reach it
+
+
+# ---- llama.cpp build ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("info, isa", [
+    ("CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | LLAMAFILE = 1 | ", "AVX2"),
+    ("CPU : AVX = 1 | AVX2 = 1 | AVX512 = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1 | AMX_INT8 = 1 | ", "AVX-512 (VNNI, BF16)"),
+    ("CPU : SSE3 = 1 | AVX = 1 | AVX2 = 0 | ", "AVX"),
+    ("CPU : NEON = 1 | ARM_FMA = 1 | ", "NEON"),
+])
+def test_llama_build_isa_is_read_from_system_info(info, isa):
+    from safecut import guard
+
+    assert guard.build_isa(info) == isa
+
+
+def test_llama_build_below_the_cpu_warns_once_and_shows_on_the_node(flags, caplog):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from safecut import guard
+
+    built = guard.build_isa(llama_cpp.llama_print_system_info().decode())
+    providers._warned.clear()
+    flags(ZEN4)   # this CPU "has" AVX-512
+    with caplog.at_level(logging.WARNING):
+        assert guard._check_build_isa(llama_cpp) == built
+        guard._check_build_isa(llama_cpp)
+    if built.startswith("AVX-512"):
+        assert "AVX-512" not in caplog.text
+    else:
+        assert caplog.text.count(f"llama-cpp-python was built for {built} but this CPU has AVX-512") == 1
+        assert "--llama-cmake-args" in caplog.text
+    providers._warned.clear()
+    caplog.clear()
+    flags(AVX2)
+    with caplog.at_level(logging.WARNING):
+        guard._check_build_isa(llama_cpp)
+    assert "AVX-512" not in caplog.text
