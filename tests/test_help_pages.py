@@ -131,6 +131,32 @@ def test_alias_route_serves_every_node_and_is_a_no_op_outside_comfyui():
     assert hooks.add_alias_route() is False          # no ComfyUI server in this process: nothing registered
 
 
+def test_alias_route_is_registered_on_comfyuis_server(monkeypatch):
+    """With stand-ins for ComfyUI's server module and aiohttp: the route is added where custom nodes add routes
+    (PromptServer.instance.routes) and answers every node's aliases."""
+    import asyncio
+    import sys
+    import types
+
+    hooks = sys.modules[PACK.__name__ + ".nodes.comfy_hooks"]
+    added = {}
+
+    class Routes:
+        def get(self, path):
+            return lambda handler: added.setdefault(path, handler)
+
+    server = types.ModuleType("server")
+    server.PromptServer = type("PromptServer", (), {"instance": types.SimpleNamespace(routes=Routes())})
+    aiohttp = types.ModuleType("aiohttp")
+    aiohttp.web = types.SimpleNamespace(json_response=lambda data: ("json", data))
+    monkeypatch.setitem(sys.modules, "server", server)
+    monkeypatch.setitem(sys.modules, "aiohttp", aiohttp)
+    assert hooks.add_alias_route() is True and list(added) == ["/safecut/search_aliases"]
+    kind, body = asyncio.run(added["/safecut/search_aliases"](None))
+    assert kind == "json" and body["SafeCutBEN2RemoveBackground"][:3] == ["remove background", "background removal",
+                                                                          "rembg"] and set(body) == set(IDS)
+
+
 def test_frontend_extension_fills_aliases_only_where_the_server_sent_none():
     js = (ROOT / "js" / "safecut.js").read_text(encoding="utf-8")
     assert "addCustomNodeDefs: addSearchAliases" in js and '"/safecut/search_aliases"' in js
