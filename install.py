@@ -5,7 +5,7 @@ plain `onnxruntime` line overwrites onnxruntime-gpu (the most common complaint a
 This script installs the CPU build only when no flavour is installed, and NudeNet without its
 dependencies (SafeCut uses only its bundled detector weights: no opencv needed).
 
-OpenVINO (the fast CPU runtime for BEN2 on AVX-512/AMX CPUs, safecut/runtimes.py) is added on a CPU-side install
+OpenVINO (BEN2's faster CPU runtime: ~1.2x ONNX Runtime on AVX2, bf16 on AMX; safecut/runtimes.py) is added on a CPU-side install
 only: never where a GPU ONNX Runtime or a CUDA/ROCm torch is installed (a GPU install is not disturbed).
 SAFECUT_OPENVINO=0 skips it, SAFECUT_OPENVINO=1 installs it anyway. A failure there is reported and SafeCut runs
 ONNX Runtime.

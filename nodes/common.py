@@ -21,7 +21,7 @@ DEVICE = (["auto", "CPU", "CUDA"], {"default": "auto", "tooltip":
           "The device actually used is shown on the node."})
 CPU_RUNTIME = (list(runtimes.CHOICES), {"default": "auto", "tooltip":
                "What runs the model on CPU (CUDA always runs ONNX Runtime). auto: the path measured fastest for this "
-               "CPU (OpenVINO bf16 with AMX, OpenVINO f32 on AVX-512, see README 'Which CPU'); OpenVINO is "
+               "CPU (OpenVINO bf16 with AMX, else OpenVINO f32 on AVX2/AVX-512 CPUs; see README 'Which CPU'); OpenVINO is "
                "used only after a crash probe passed on this machine, else ONNX Runtime runs and the node says "
                "why. bf16 without AMX is slower than f32 (or compiled as f32). The runtime used is shown on the "
                "node, e.g. 'CPU · OpenVINO f32'."})

@@ -167,7 +167,7 @@ def test_a_short_model_output_is_an_error_not_a_shorter_batch(tmp_path):
 def test_ben2_session_runs_without_the_cpu_arena(ben2_dir):
     """The arena would keep every block it grew (2x the peak of a one-shot 1024² graph, a slow second call);
     the memory pattern stays: one pre-planned block per run was both leaner and faster (ben2.ORT_SESSION)."""
-    m = ben2.load_model(ben2_dir, "CPU")
+    m = ben2.load_model(ben2_dir, "CPU", runtime="ONNX Runtime")
     from safecut import providers
 
     so = providers.session_options(1, **ben2.session_settings())
@@ -261,7 +261,7 @@ def test_cuda_sessions_run_without_the_memory_pattern(tiny_ben2_path, monkeypatc
         return real(*args, **kw)
 
     monkeypatch.setattr(providers, "create_ort_session", spy)
-    ben2.load_model(tiny_ben2_path, "CPU")
+    ben2.load_model(tiny_ben2_path, "CPU", runtime="ONNX Runtime")
     monkeypatch.setattr(providers, "ort_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     ben2.load_model(tiny_ben2_path, "auto")
     assert seen[0]["mem_pattern"] is True and seen[1]["mem_pattern"] is False

@@ -206,10 +206,10 @@ def test_quantize_testkit_ben2_default_path_and_conv_method(tiny_ben2_path, mode
     import onnxruntime as ort
 
     assert ben2.is_quantized(out) and ben2.is_quantized(conv) and not ben2.is_quantized(str(d / "tiny-ben2.onnx"))
-    so = ben2.load_model(out, "CPU").session.get_session_options()
+    so = ben2.load_model(out, "CPU", runtime="ONNX Runtime").session.get_session_options()
     assert so.enable_mem_pattern is False and so.enable_cpu_mem_arena is False
     assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    so = ben2.load_model(str(d / "tiny-ben2.onnx"), "CPU").session.get_session_options()
+    so = ben2.load_model(str(d / "tiny-ben2.onnx"), "CPU", runtime="ONNX Runtime").session.get_session_options()
     assert so.enable_mem_pattern is True and so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     img = subject_image()
     ref = ben2.remove_background([img], "tiny-ben2.onnx", device="CPU", keep_loaded=False).masks[0]
@@ -349,7 +349,7 @@ def test_gpu_check_runs_anywhere_and_reports_what_ran(tmp_path, tiny_ben2_path):
     assert gpu.main(["--only", "nudenet,florence,llama", "--florence", "tiny", "--runs", "1",
                      "--models", str(tmp_path / "models"), "--out", str(out)]) == 0
     res = json.loads((out / "gpu.json").read_text())
-    assert res["models"]["nudenet"]["device"] == "CPU" and res["models"]["nudenet"]["same_verdicts_and_counts"]
+    assert res["models"]["nudenet"]["device"] == "CPU · ONNX Runtime fp32" and res["models"]["nudenet"]["same_verdicts_and_counts"]
     assert res["models"]["florence"]["dtype"] == "fp32" and res["models"]["llama"]["device"].startswith("CPU")
     assert gpu.to_markdown(res) == (out / "gpu.md").read_text()
     r = subprocess.run([sys.executable, "-m", "bench.gpu", "--probe-one", tiny_ben2_path, "--probe-device", "CPU",

@@ -468,7 +468,8 @@ def pipe(models, tmp_path, monkeypatch):
     monkeypatch.setattr(modelfiles, "_folder_provider", lambda folder: [str(models / folder), str(fake_flo / folder)])
     captions = {"value": ["a red mug on a table", "a sofa in a room"]}
     monkeypatch.setattr(florence, "caption_images", lambda frames, *a, **k: types.SimpleNamespace(
-        captions=list(captions["value"][:len(frames)]), device=types.SimpleNamespace(describe=lambda: "CPU")))
+        captions=list(captions["value"][:len(frames)]), device=types.SimpleNamespace(describe=lambda: "CPU"),
+        describe=lambda: "CPU, fp32"))
     if nudenet.bundled_model_path() is None:   # the pipeline's NudeNet stage, without the model: all clear
         monkeypatch.setattr(nudenet, "detect", lambda frames, **k: types.SimpleNamespace(
             results=[nudenet.NudeResult(False, 0.0, []) for _ in frames],
