@@ -15,7 +15,7 @@ from typing import Callable
 
 from .lazy import numpy as np
 
-from . import hugepages, modelfiles, providers, runtimes
+from . import hugepages, modelfiles, providers, runtimes, userdirs
 from .cache import ModelKey, get_cache
 from .errors import BadInputError, SafeCutError
 from .registry import REGISTRY
@@ -92,9 +92,8 @@ def _optimized_cache_path(model_path: str) -> str | None:
         tag = f"{model_path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{ort.__version__}|{platform.machine()}|{platform.processor()}"
     except (OSError, ImportError):
         return None
-    root = os.environ.get("SAFECUT_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "safecut")
     digest = hashlib.sha256(tag.encode()).hexdigest()[:20]
-    path = os.path.join(root, "ort-optimized", f"{os.path.splitext(os.path.basename(model_path))[0]}-{digest}.onnx")
+    path = os.path.join(userdirs.cache_dir("ort-optimized"), f"{os.path.splitext(os.path.basename(model_path))[0]}-{digest}.onnx")
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
     except OSError:

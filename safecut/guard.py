@@ -208,7 +208,7 @@ def _check_gguf(path: str) -> None:
                            f"again, or pick another model.")
 
 
-_ISA_ORDER = ("AMX_INT8", "AVX512_BF16", "AVX512_VNNI", "AVX512_VBMI", "AVX512", "AVX_VNNI", "AVX2", "AVX", "NEON")
+_ISA_BELOW_AVX512 = ("AVX_VNNI", "AVX2", "AVX", "NEON")   # widest first
 
 
 def build_isa(system_info: str) -> str:
@@ -219,7 +219,7 @@ def build_isa(system_info: str) -> str:
     if "AVX512" in on:
         ext = [e.split("_", 1)[1] for e in ("AVX512_VNNI", "AVX512_VBMI", "AVX512_BF16") if e in on]
         return "AVX-512" + (f" ({', '.join(ext)})" if ext else "")
-    return next((i.replace("_", "-") for i in _ISA_ORDER if i in on), "baseline")
+    return next((i.replace("_", "-") for i in _ISA_BELOW_AVX512 if i in on), "baseline")
 
 
 def _check_build_isa(llama_cpp) -> str:

@@ -21,13 +21,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass
 
-from . import cpu
+from . import cpu, userdirs
 
 log = logging.getLogger("safecut.openvino")
 
@@ -47,12 +46,8 @@ def version() -> str | None:
         return None
 
 
-def cache_root() -> str:
-    return os.environ.get("SAFECUT_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "safecut")
-
-
 def _verdict_file() -> str:
-    return os.path.join(cache_root(), "openvino-probe.json")
+    return userdirs.cache_dir("openvino-probe.json")
 
 
 def _key(precision: str) -> str:
@@ -109,6 +104,8 @@ def _write_verdict(key: str, verdict: tuple[bool, str]) -> None:
 
 
 def _run_probe(precision: str) -> tuple[bool, str]:
+    import subprocess   # here, not at module level: importing the pack must stay cheap (~20 ms cold)
+
     cmd = probe_command(precision)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_pack_parent(), os.environ.get("PYTHONPATH")])))
     t0 = time.perf_counter()
@@ -200,7 +197,7 @@ def model_cache_dir() -> str | None:
     """Where OpenVINO keeps compiled blobs (``SAFECUT_OV_CACHE=1``; off by default: see README "Which CPU")."""
     if os.environ.get("SAFECUT_OV_CACHE", "0") != "1":
         return None
-    return os.path.join(cache_root(), "openvino-blobs")
+    return userdirs.cache_dir("openvino-blobs")
 
 
 def _framework_metadata(model) -> dict:

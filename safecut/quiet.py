@@ -14,12 +14,13 @@ import os
 import sys
 import time
 
+from .userdirs import cache_dir
+
 log = logging.getLogger("safecut.quiet")
 
 
 def log_dir() -> str:
-    base = os.environ.get("SAFECUT_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "safecut")
-    return os.path.join(base, "logs")
+    return cache_dir("logs")
 
 
 @contextlib.contextmanager

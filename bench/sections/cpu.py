@@ -23,15 +23,8 @@ def torch_gemm_peak(dtype: str, n: int = 2048, runs: int = 5) -> float:
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
     with torch.inference_mode():
-        torch.mm(a, b)
-        best = min(_timed(lambda: torch.mm(a, b)) for _ in range(runs))
+        best = measure(lambda: torch.mm(a, b), runs, warmup=1)["min"]
     return 2 * n ** 3 / best / 1e9
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def _photos() -> list[np.ndarray]:

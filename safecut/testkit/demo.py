@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 from ..quiet import output_to_log
+from ..userdirs import cache_dir as user_cache_dir
 
 TINY_BEN2 = "tiny-ben2.onnx"
 TINY_FLORENCE = "tiny-florence"
@@ -15,8 +16,7 @@ TINY_LLM = "tiny-guard-Q4_K_M.gguf"
 
 
 def default_root() -> str:
-    base = os.environ.get("SAFECUT_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "safecut")
-    return os.path.join(base, "tiny-models")
+    return user_cache_dir("tiny-models")
 
 
 def prepare(root: str | None = None, *, florence: bool = True, llm: bool = True) -> dict:

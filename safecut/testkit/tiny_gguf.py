@@ -26,6 +26,7 @@ from collections import Counter
 import numpy as np
 
 from ..quiet import output_to_log
+from ..userdirs import cache_dir as user_cache_dir
 
 QUANTS = ["Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q8_0"]
 _FTYPE_NAMES = {"Q2_K": "LLAMA_FTYPE_MOSTLY_Q2_K", "Q3_K_M": "LLAMA_FTYPE_MOSTLY_Q3_K_M",
@@ -140,8 +141,7 @@ def train_bpe(text: str, n_merges: int) -> tuple[list[str], list[str]]:
 
 # ---- building ------------------------------------------------------------------------------------
 def _cache_dir(cache_dir: str | None) -> str:
-    root = cache_dir or os.path.join(os.environ.get("SAFECUT_CACHE_DIR") or
-                                     os.path.join(os.path.expanduser("~"), ".cache", "safecut"), "testkit")
+    root = cache_dir or user_cache_dir("testkit")
     os.makedirs(root, exist_ok=True)
     return root
 
