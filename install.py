@@ -5,14 +5,14 @@ plain `onnxruntime` line overwrites onnxruntime-gpu (the most common complaint a
 This script installs the CPU build only when no flavour is installed, and NudeNet without its
 dependencies (SafeCut uses only its bundled detector weights: no opencv needed).
 
-OpenVINO (BEN2's faster CPU runtime: ~1.2x ONNX Runtime on AVX2, bf16 on AMX; safecut/runtimes.py) is added on a CPU-side install
+OpenVINO (BEN2's faster CPU runtime: ~1.2x ONNX Runtime on AVX2, bf16 on AMX; safecut/runtime/sessions.py) is added on a CPU-side install
 only: never where a GPU ONNX Runtime or a CUDA/ROCm torch is installed (a GPU install is not disturbed).
 SAFECUT_OPENVINO=0 skips it, SAFECUT_OPENVINO=1 installs it anyway. A failure there is reported and SafeCut runs
 ONNX Runtime.
 
 llama-cpp-python (the Llama Safety Classifier) has no wheel on PyPI, only an 80 MB source archive that
 compiles for minutes, so it is installed only when asked: SAFECUT_BUILD_LLAMA=1. On a CPU with AVX-512 it is
-compiled for this machine's AVX-512 extensions (safecut/cpu.py: ~1.5x faster than the portable build; never
+compiled for this machine's AVX-512 extensions (safecut/runtime/cpu.py: ~1.5x faster than the portable build; never
 GGML_NATIVE, which crashed on an AMX Xeon); elsewhere the prebuilt CPU wheel from llama-cpp-python's own index
 comes first, then a portable build. A failure there is reported with the manual command and never fails the
 rest of the install (every other node works without it).
@@ -28,7 +28,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from safecut import cpu  # noqa: E402  (standard library only: safe before any dependency is installed)
+from safecut.runtime import cpu  # noqa: E402  (standard library only: safe before any dependency is installed)
 
 ORT_FLAVOURS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
                 "onnxruntime-silicon", "onnxruntime-rocm", "onnxruntime-qnn")

@@ -2,7 +2,7 @@
 
 ``python -m bench.ben2_probe MODE MODEL [--runs N] [--size H,W] [--save-mask OUT.npy]``
 
-MODE: ``safecut`` (``safecut.ben2.remove_background``, the engine and its cache), ``plain`` (an
+MODE: ``safecut`` (``safecut.engines.ben2.remove_background``, the engine and its cache), ``plain`` (an
 ``onnxruntime.InferenceSession`` with default options, input prepared with numpy), ``naive`` (the seeds' node,
 :class:`bench.naive.NaiveBEN2`). Why a fresh process: ``ru_maxrss`` is a process high-water mark, and ORT's
 arena keeps what it grew; configurations measured in one process would charge each other.
@@ -50,7 +50,7 @@ def make_caller(mode: str, model: str, runtime: str = "auto"):
 
     t0 = time.perf_counter()
     if mode == "safecut":
-        from safecut import ben2
+        from safecut.engines import ben2
 
         m = ben2.preload(model, "CPU", runtime=runtime)   # into the engine's cache; the first call is a cache hit
         load = time.perf_counter() - t0
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", default="768,1024", help="image H,W")
     ap.add_argument("--max-warmup", type=int, default=4)
     ap.add_argument("--save-mask", default="")
-    ap.add_argument("--runtime", default="auto", help="safecut mode: the CPU runtime (safecut.runtimes.CHOICES)")
+    ap.add_argument("--runtime", default="auto", help="safecut mode: the CPU runtime (safecut.runtime.sessions.CHOICES)")
     a = ap.parse_args(argv)
     sys.path.insert(0, ROOT)
     os.environ.setdefault("SAFECUT_OFFLINE", "1")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from safecut.memlimit import cgroup_paths
+from safecut.runtime.memlimit import cgroup_paths
 
 _V1 = "/sys/fs/cgroup/memory"
 _V2 = "/sys/fs/cgroup"

@@ -35,14 +35,14 @@ def main(argv=None) -> int:
     import numpy as np
     import onnxruntime  # noqa: F401
 
-    from safecut import ben2, gate
+    from safecut.engines import ben2, gate
 
     if full:
         import llama_cpp  # noqa: F401
         import torch  # noqa: F401
         import transformers  # noqa: F401
 
-        from safecut import florence, guard, nudenet
+        from safecut.engines import florence, guard, nudenet
     out["import"] = time.perf_counter() - t
     from .sections import make_images
 

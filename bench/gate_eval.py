@@ -49,8 +49,8 @@ def measure_classifier(captions: list[str], threads: int = 0) -> dict | None:
     path = smollm2_path()
     if path is None or importlib.util.find_spec("llama_cpp") is None:
         return None
-    from safecut import guard
-    from safecut.cache import get_cache
+    from safecut.engines import guard
+    from safecut.runtime.cache import get_cache
 
     with tempfile.TemporaryDirectory() as root:
         os.makedirs(os.path.join(root, "LLM"))
@@ -75,7 +75,7 @@ def measure_classifier(captions: list[str], threads: int = 0) -> dict | None:
 def evaluate(quick: bool = False, classifier_seconds: float | None = None) -> dict:
     """The numbers for the report (see :func:`markdown`). ``quick``: measure the classifier on 5 captions
     instead of 30 (the gate itself always runs on the whole set)."""
-    from safecut.gate import SAFE, UNSAFE, KeywordGate
+    from safecut.engines.gate import SAFE, UNSAFE, KeywordGate
 
     rows = load_captions()
     out: dict = {"captions": len(rows), "unsafe": sum(r[0] == "unsafe" for r in rows), "policies": {}}

@@ -117,8 +117,8 @@ def _standin(models: str) -> tuple[str, str]:
 
 
 def check_ben2(models: str, runs: int) -> dict:
-    from safecut import ben2
-    from safecut.cache import get_cache
+    from safecut.engines import ben2
+    from safecut.runtime.cache import get_cache
 
     path, built = _standin(models)
     img = _images(1)
@@ -156,7 +156,8 @@ SWEEP = {   # name: (CUDA provider options, session settings over ben2.session_s
 def probe_one(path: str, runs: int, device: str = "CUDA") -> dict:
     """One fresh process: the BEN2 ONNX on ``device`` (strict) with SAFECUT_ORT_CUDA_OPTIONS as set by the caller
     and BENCH_SESSION (JSON) over the product's session settings."""
-    from safecut import ben2, providers
+    from safecut.engines import ben2
+    from safecut.runtime import providers
 
     settings = dict(ben2.session_settings(path, cuda=device == "CUDA"), **json.loads(os.environ.get("BENCH_SESSION") or "{}"))
     base = _gpu_memory_mib()
@@ -187,8 +188,8 @@ def cuda_sweep(models: str, runs: int) -> dict:
 
 
 def check_nudenet(runs: int, batch: int = 8) -> dict:
-    from safecut import nudenet
-    from safecut.cache import get_cache
+    from safecut.engines import nudenet
+    from safecut.runtime.cache import get_cache
 
     imgs = _images(batch, seed=1)
     r = _timed(lambda: nudenet.detect(imgs, device="auto"), runs)
@@ -204,7 +205,7 @@ def check_nudenet(runs: int, batch: int = 8) -> dict:
 
 
 def check_florence(models: str, which: str, runs: int, batch: int = 4) -> dict:
-    from safecut import florence
+    from safecut.engines import florence
 
     if which == "base":
         from .models import FLORENCE_NAME, build_florence_base
@@ -231,7 +232,7 @@ def check_florence(models: str, which: str, runs: int, batch: int = 4) -> dict:
 
 def check_llama() -> dict:
     """Only the device plan: a CUDA build of llama-cpp-python is compiled on the machine that runs it."""
-    from safecut import guard
+    from safecut.engines import guard
 
     try:
         choice, layers = guard.plan_device(-1)

@@ -31,7 +31,8 @@ def compare(images_dir: str, model: str, int8: str | None, *, threshold: float =
             device: str = "CPU", runtime: str = "auto") -> list[dict]:
     """The reference is ``model`` on ONNX Runtime fp32; the candidate ``int8`` (or ``model`` when None) on
     ``runtime``. The result keys keep their names: ``fp32_s`` the reference, ``int8_s`` the candidate."""
-    from safecut import ben2, imaging
+    from safecut.engines import ben2
+    from safecut import imaging
 
     files = imaging.list_images(images_dir, sort="natural")
     if limit:

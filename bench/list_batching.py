@@ -45,13 +45,13 @@ def main(argv=None) -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--florence", action="store_true", help="also Florence-2 base size (slow: minutes)")
     a = ap.parse_args(argv)
-    from safecut import nudenet
+    from safecut.engines import nudenet
 
     imgs = _images(a.images)
     compare(f"NudeNet 320n, {a.images} images", lambda i: nudenet.detect([imgs[i]], batch_size=1),
             lambda: nudenet.detect(imgs, batch_size=a.images), a.images, a.runs)
     if a.florence:
-        from safecut import florence
+        from safecut.engines import florence
 
         from .models import build_florence_base
 

@@ -13,7 +13,7 @@ Real-size models (default ``~/.cache/safecut-bench``, override with ``--models-d
   random init, and a byte-level BPE tokenizer trained here, padded to the real vocabulary size 51,289.
 * ``ben2/BEN2-standin-v{N}.onnx`` — SafeCut's own implementation of the BEN_Base architecture, random
   seeded weights, the published file's I/O (:mod:`bench.ben2_arch`; the real ``BEN2_Base.onnx`` is used
-  instead when ``--ben2 PATH`` is given); ``*.int8.onnx`` from :func:`safecut.quantize.quantize_ben2`
+  instead when ``--ben2 PATH`` is given); ``*.int8.onnx`` from :func:`safecut.engines.ben2_quantize.quantize_ben2`
   (static QDQ). ``--ben2-reference PATH``: an export of the upstream code, timed next to the stand-in.
 * NudeNet: the ``320n.onnx`` bundled with the ``nudenet`` package (real weights).
 
@@ -293,13 +293,13 @@ def build_ben2(m: "Manifest", root: str, paths: dict, builds: dict, ben2_path: s
     int8 = os.path.join(root, "ben2", os.path.splitext(os.path.basename(paths["ben2"]))[0] + ".int8.onnx")
 
     def _q(src=paths["ben2"], dst=int8):
-        from safecut.quantize import CALIBRATION_SAMPLES, quantize_ben2
+        from safecut.engines.ben2_quantize import CALIBRATION_SAMPLES, quantize_ben2
 
         quantize_ben2(src, dst)
-        return {"method": f"safecut.quantize static QDQ (Conv + constant-weight MatMul, per-channel int8 weights, uint8 activations, "
+        return {"method": f"safecut.engines.ben2_quantize static QDQ (Conv + constant-weight MatMul, per-channel int8 weights, uint8 activations, "
                           f"{CALIBRATION_SAMPLES} synthetic calibration images)"}
 
-    from safecut.quantize import RECIPE
+    from safecut.engines.ben2_quantize import RECIPE
 
     builds["ben2-int8"] = _step(m, f"ben2-int8-static-r{RECIPE}:" + os.path.basename(paths["ben2"]), int8, _q, log)
     paths["ben2_int8"] = int8
@@ -324,7 +324,7 @@ def build_all(root: str, sections: set[str], ben2_path: str | None = None, log=p
         for k, v in b.items():
             builds[f"llama-{k}"] = v
             paths[f"llama_{k}"] = v["path"]
-    from safecut.nudenet import bundled_model_path
+    from safecut.engines.nudenet import bundled_model_path
 
     nn = bundled_model_path()
     if nn:
@@ -349,7 +349,7 @@ def build_quick(root: str, log=print) -> dict:
     tiny8 = os.path.join(root, "ben2", "tiny-ben2.int8.onnx")
 
     def _q8():
-        from safecut.quantize import quantize_ben2
+        from safecut.engines.ben2_quantize import quantize_ben2
 
         quantize_ben2(tiny, tiny8, method="matmul+conv")
         return {}
@@ -367,7 +367,7 @@ def build_quick(root: str, log=print) -> dict:
                                                                              cache_dir=os.path.join(root, "testkit"))
                                          and {}, log)
         paths[f"llama_{quant}"] = dst
-    from safecut.nudenet import bundled_model_path
+    from safecut.engines.nudenet import bundled_model_path
 
     nn = bundled_model_path()
     if nn:

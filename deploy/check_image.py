@@ -98,9 +98,9 @@ def check_models(pack: str, profile: str, models_dir: str) -> list[str]:
     os.environ["SAFECUT_MODELS_DIR"] = models_dir
     sys.path.insert(0, pack)
     try:
-        from safecut import modelfiles
-        from safecut.profiles import PROFILES
-        from safecut.registry import REGISTRY
+        from safecut.models import modelfiles
+        from safecut.models.profiles import PROFILES
+        from safecut.models.registry import REGISTRY
     finally:
         sys.path.remove(pack)
     problems = []

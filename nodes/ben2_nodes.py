@@ -4,7 +4,8 @@ from __future__ import annotations
 import os
 
 
-from ..safecut import ben2, modelfiles
+from ..safecut.engines import ben2
+from ..safecut.models import modelfiles
 from .common import CATEGORY, CPU_RUNTIME, DEVICE, KEEP_LOADED, THREADS, Progress, combo, images_to_numpy, timer, \
     to_image_tensor, to_mask_tensor, ui_result
 

@@ -1,7 +1,7 @@
 """SafeCut Unload Models: frees SafeCut's model cache on demand."""
 from __future__ import annotations
 
-from ..safecut.cache import get_cache
+from ..safecut.runtime.cache import get_cache
 from .common import CATEGORY, combo, dumps, ui_result
 
 KINDS = ["all", "ben2", "florence2", "llama", "nudenet"]

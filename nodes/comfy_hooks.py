@@ -16,8 +16,8 @@ import functools
 import logging
 import os
 
-from ..safecut import modelfiles
-from ..safecut.cache import get_cache, on_gpu
+from ..safecut.models import modelfiles
+from ..safecut.runtime.cache import get_cache, on_gpu
 
 log = logging.getLogger("safecut")
 _MARK = "_safecut_wrapped"

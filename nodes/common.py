@@ -9,8 +9,8 @@ import json
 import time
 from typing import Any
 
-from ..safecut import runtimes
-from ..safecut.lazy import numpy as np
+from ..safecut.runtime import sessions
+from ..safecut.runtime.lazy import numpy as np
 
 CATEGORY = "SafeCut"
 
@@ -19,7 +19,7 @@ DEVICE = (["auto", "CPU", "CUDA"], {"default": "auto", "tooltip":
           "auto: CUDA when it is really usable, else CPU (shown as 'CPU (GPU unused: …)' when a GPU is there but "
           "the installed runtime cannot use it). Asking for CUDA where there is none runs on CPU with a warning. "
           "The device actually used is shown on the node."})
-CPU_RUNTIME = (list(runtimes.CHOICES), {"default": "auto", "tooltip":
+CPU_RUNTIME = (list(sessions.CHOICES), {"default": "auto", "tooltip":
                "What runs the model on CPU (CUDA always runs ONNX Runtime). auto: the path measured fastest for this "
                "CPU (OpenVINO bf16 with AMX, else OpenVINO f32 on AVX2/AVX-512 CPUs; see README 'Which CPU'); OpenVINO is "
                "used only after a crash probe passed on this machine, else ONNX Runtime runs and the node says "

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 
-from ..safecut import florence, modelfiles
+from ..safecut.engines import florence
+from ..safecut.models import modelfiles
 from .common import CATEGORY, DEVICE, KEEP_LOADED, Progress, check_interrupt, combo, flatten, images_to_numpy, \
     timer, ui_result
 

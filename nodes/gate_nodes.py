@@ -2,7 +2,7 @@
 only when at least one image is undecided, and sends it only the undecided captions."""
 from __future__ import annotations
 
-from ..safecut import gate
+from ..safecut.engines import gate
 from .common import CATEGORY, combo, dumps, flatten, flatten_images, timer, ui_result, verdict_row
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 
-from ..safecut import deps, guard
+from ..safecut.runtime import deps
+from ..safecut.engines import guard
 from .common import CATEGORY, KEEP_LOADED, THREADS, Progress, combo, dumps, flatten, timer, ui_result, \
     verdict_row
 

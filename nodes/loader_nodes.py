@@ -15,7 +15,7 @@ import os
 
 from ..safecut import imaging
 from ..safecut.errors import BadInputError, SafeCutError
-from ..safecut.workflows import INPUT_FOLDER
+from ..safecut.app.workflows import INPUT_FOLDER
 from .common import CATEGORY, Progress, combo, dumps, to_image_tensor, to_mask_tensor, ui_result
 
 

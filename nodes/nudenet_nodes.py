@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from ..safecut import modelfiles, nudenet
+from ..safecut.models import modelfiles
+from ..safecut.engines import nudenet
 from .common import CATEGORY, DEVICE, KEEP_LOADED, THREADS, Progress, combo, dumps, images_to_numpy, timer, \
     to_image_tensor, to_mask_tensor, ui_result
 

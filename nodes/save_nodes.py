@@ -20,7 +20,7 @@ import json
 import os
 import re
 
-from ..safecut.lazy import numpy as np
+from ..safecut.runtime.lazy import numpy as np
 
 from ..safecut import imaging
 from ..safecut.errors import BadInputError

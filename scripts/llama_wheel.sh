@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs llama-cpp-python into the Python given as $1, compiled for THIS machine's CPU (safecut.cpu decides:
+# Installs llama-cpp-python into the Python given as $1, compiled for THIS machine's CPU (safecut.runtime.cpu decides:
 # the portable AVX2 set, plus AVX-512 and each of its extensions the CPU has; never GGML_NATIVE, which crashed
 # on an AMX Xeon). The wheel is kept in ~/.cache/safecut/wheels/<version>-<isa>/: pip's own cache is keyed by the
 # source archive only, and would hand an AVX-512 build to an AVX2 machine (SIGILL at the first call).
@@ -9,8 +9,8 @@ PY=$1
 VERSION=${2:-0.3.36}
 cd "$(dirname "$0")/.."
 "$PY" -c "import llama_cpp" 2>/dev/null && exit 0
-ARGS=${CMAKE_ARGS:-$(python3 -m safecut.cpu --llama-cmake-args)}
-ISA=$(python3 -m safecut.cpu --llama-isa)
+ARGS=${CMAKE_ARGS:-$(python3 -m safecut.runtime.cpu --llama-cmake-args)}
+ISA=$(python3 -m safecut.runtime.cpu --llama-isa)
 [ -n "${CMAKE_ARGS:-}" ] && ISA=custom-$(printf '%s' "$CMAKE_ARGS" | md5sum | cut -c1-8)
 DIR=${SAFECUT_WHEEL_CACHE:-$HOME/.cache/safecut/wheels}/llama-cpp-python-$VERSION-$ISA
 if ! ls "$DIR"/llama_cpp_python-*.whl >/dev/null 2>&1; then

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import TINY_BEN2, ort_has_cuda, subject_image
-from safecut import ben2
-from safecut.cache import get_cache
+from safecut.engines import ben2
+from safecut.runtime.cache import get_cache
 from safecut.errors import BadInputError
 
 
@@ -168,7 +168,7 @@ def test_ben2_session_runs_without_the_cpu_arena(ben2_dir):
     """The arena would keep every block it grew (2x the peak of a one-shot 1024² graph, a slow second call);
     the memory pattern stays: one pre-planned block per run was both leaner and faster (ben2.ORT_SESSION)."""
     m = ben2.load_model(ben2_dir, "CPU", runtime="ONNX Runtime")
-    from safecut import providers
+    from safecut.runtime import providers
 
     so = providers.session_options(1, **ben2.session_settings())
     assert so.enable_cpu_mem_arena is False and so.enable_mem_pattern is True
@@ -179,7 +179,7 @@ def test_ben2_session_runs_without_the_cpu_arena(ben2_dir):
 
 def test_ben2_session_spins_unless_told_and_skips_the_optimized_graph_cache(ben2_dir, monkeypatch):
     """BEN2 spins (2 threads waking per op cost ~8 % a call); the optimized-graph cache is opt-in (+1 GB peak)."""
-    from safecut import providers
+    from safecut.runtime import providers
 
     key = "session.intra_op.allow_spinning"
     monkeypatch.delenv("SAFECUT_ORT_SPINNING", raising=False)
@@ -210,7 +210,7 @@ def test_cache_charges_ben2_its_activations_then_its_measured_growth(ben2_dir, m
 
 
 def test_cache_resize_evicts_others_when_over_budget():
-    from safecut.cache import ModelCache, ModelKey
+    from safecut.runtime.cache import ModelCache, ModelKey
 
     c = ModelCache(max_models=5, max_bytes=100)
     closed = []
@@ -224,7 +224,7 @@ def test_cache_resize_evicts_others_when_over_budget():
 def test_quantized_model_without_huge_pages_warns_once_with_the_fix(ben2_dir, tmp_path, monkeypatch, caplog):
     import onnx
 
-    from safecut import hugepages, providers
+    from safecut.runtime import hugepages, providers
 
     m = onnx.load(ben2_dir)
     m.producer_name = "onnx.quantize"                     # what ORT's quantizer writes
@@ -234,7 +234,7 @@ def test_quantized_model_without_huge_pages_warns_once_with_the_fix(ben2_dir, tm
     monkeypatch.setattr(providers, "_warned", set())
     pins = []
     monkeypatch.setattr(hugepages, "pin_mmap_threshold", lambda: pins.append(1))
-    with caplog.at_level("WARNING", logger="safecut.providers"):
+    with caplog.at_level("WARNING", logger="safecut.runtime.providers"):
         ben2.load_model(q, "CPU")
         ben2.load_model(q, "CPU")
         ben2.load_model(ben2_dir, "CPU")                  # fp32 keeps the memory pattern: nothing to say
@@ -244,14 +244,14 @@ def test_quantized_model_without_huge_pages_warns_once_with_the_fix(ben2_dir, tm
     monkeypatch.setattr(hugepages, "status", lambda *a, **k: "tunable")
     monkeypatch.setattr(providers, "_warned", set())
     caplog.clear()
-    with caplog.at_level("WARNING", logger="safecut.providers"):
+    with caplog.at_level("WARNING", logger="safecut.runtime.providers"):
         ben2.load_model(q, "CPU")
     assert not [r for r in caplog.records if "huge pages" in r.getMessage()]
 
 
 def test_cuda_sessions_run_without_the_memory_pattern(tiny_ben2_path, monkeypatch):
     """Measured on an H200 (bench/gpu.py): 5.4 instead of 7.5 GB held after BEN2 runs, same speed."""
-    from safecut import providers
+    from safecut.runtime import providers
 
     seen = []
     real = providers.create_ort_session

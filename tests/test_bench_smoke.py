@@ -1,4 +1,4 @@
-"""The bench runs end to end on tiny models (CI smoke test), and safecut.quantize makes a working INT8 BEN2."""
+"""The bench runs end to end on tiny models (CI smoke test), and safecut.engines.ben2_quantize makes a working INT8 BEN2."""
 from __future__ import annotations
 
 import json
@@ -112,7 +112,7 @@ def test_flop_counter_counts_conv_and_matmul(tmp_path):
     assert r["by_op"] == {"Conv": conv, "MatMul": mm} and r["unknown"] == 0
 
 
-# ---- safecut/quantize.py ------------------------------------------------------------------------------
+# ---- safecut/engines/ben2_quantize.py ------------------------------------------------------------------------------
 def _io(path):
     import onnxruntime as ort
 
@@ -135,8 +135,8 @@ def tiny_matmul_ben2(tmp_path_factory):
 
 
 def test_quantize_ben2_int8_matmuls_same_io_close_mask(tiny_matmul_ben2, tmp_path):
-    from safecut import ben2
-    from safecut.quantize import quantize_ben2
+    from safecut.engines import ben2
+    from safecut.engines.ben2_quantize import quantize_ben2
 
     out = quantize_ben2(tiny_matmul_ben2, str(tmp_path / "tiny.int8.onnx"), method="matmul")
     assert os.path.isfile(out) and os.path.getsize(out) < os.path.getsize(tiny_matmul_ben2)
@@ -158,8 +158,8 @@ def test_quantize_static_covers_convs_and_weight_linears_not_attention_products(
     import onnx
     from onnx import numpy_helper
 
-    from safecut import ben2
-    from safecut.quantize import quantize_ben2
+    from safecut.engines import ben2
+    from safecut.engines.ben2_quantize import quantize_ben2
 
     out = quantize_ben2(tiny_matmul_ben2, str(tmp_path / "tiny.static.onnx"))
     assert _io(out) == _io(tiny_matmul_ben2)
@@ -191,8 +191,8 @@ def test_quantize_testkit_ben2_default_path_and_conv_method(tiny_ben2_path, mode
     """The testkit's conv-only tiny BEN2: resolved by name from models/ben2, written next to it by default."""
     import shutil
 
-    from safecut import ben2
-    from safecut.quantize import quantize_ben2
+    from safecut.engines import ben2
+    from safecut.engines.ben2_quantize import quantize_ben2
 
     d = models_dir / "ben2"
     d.mkdir()
@@ -220,9 +220,9 @@ def test_quantize_testkit_ben2_default_path_and_conv_method(tiny_ben2_path, mode
 
 
 def test_quantize_cli_and_errors(tiny_matmul_ben2, tmp_path):
-    from safecut.cli import main
+    from safecut.app.cli import main
     from safecut.errors import SafeCutError
-    from safecut.quantize import quantize_ben2
+    from safecut.engines.ben2_quantize import quantize_ben2
 
     out = tmp_path / "cli.int8.onnx"
     assert main(["models", "quantize", tiny_matmul_ben2, "--output", str(out)]) == 0
@@ -239,7 +239,7 @@ def test_fold_fp16_casts_makes_mixed_precision_matmuls_quantizable(tmp_path):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from safecut.quantize import fold_fp16_casts, quantize_ben2
+    from safecut.engines.ben2_quantize import fold_fp16_casts, quantize_ben2
 
     w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 8)).astype(np.float16), "w16")
     g = helper.make_graph(
@@ -263,13 +263,13 @@ def test_static_calibration_in_small_passes_gives_the_same_ranges(tiny_matmul_be
     """Memory-bounded calibration (one pass per group of activations) measures the same ranges as one pass."""
     from onnxruntime.quantization.calibrate import load_tensors_data
 
-    from safecut import quantize
+    from safecut.engines import ben2_quantize
 
-    imgs = quantize.synthetic_images(1, (64, 64))
-    one = quantize._calibrate_in_groups(tiny_matmul_ben2, ["Conv", "MatMul"], imgs, str(tmp_path),
+    imgs = ben2_quantize.synthetic_images(1, (64, 64))
+    one = ben2_quantize._calibrate_in_groups(tiny_matmul_ben2, ["Conv", "MatMul"], imgs, str(tmp_path),
                                         str(tmp_path / "one.json"))
-    monkeypatch.setattr(quantize, "CALIBRATION_GROUP_BYTES", 1)       # every activation in its own pass
-    many = quantize._calibrate_in_groups(tiny_matmul_ben2, ["Conv", "MatMul"], imgs, str(tmp_path),
+    monkeypatch.setattr(ben2_quantize, "CALIBRATION_GROUP_BYTES", 1)       # every activation in its own pass
+    many = ben2_quantize._calibrate_in_groups(tiny_matmul_ben2, ["Conv", "MatMul"], imgs, str(tmp_path),
                                          str(tmp_path / "many.json"))
     assert one == 1 and many > 5
     a, b = (load_tensors_data(str(tmp_path / f)).data for f in ("one.json", "many.json"))
@@ -287,16 +287,16 @@ def test_quantize_static_calibrates_in_bounded_passes_same_model(tiny_matmul_ben
     from onnx import numpy_helper
     from onnxruntime.quantization import quantize_static
 
-    from safecut import quantize
+    from safecut.engines import ben2_quantize
 
     if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
         pytest.skip("this onnxruntime cannot reuse calibration ranges: quantize_ben2 calibrates in one pass")
     passes = []
-    real = quantize._calibrate_in_groups
-    monkeypatch.setattr(quantize, "_calibrate_in_groups", lambda *a: passes.append(real(*a)) or passes[-1])
-    one = quantize.quantize_ben2(tiny_matmul_ben2, str(tmp_path / "one.onnx"))
-    monkeypatch.setattr(quantize, "CALIBRATION_GROUP_BYTES", 1)
-    many = quantize.quantize_ben2(tiny_matmul_ben2, str(tmp_path / "many.onnx"))
+    real = ben2_quantize._calibrate_in_groups
+    monkeypatch.setattr(ben2_quantize, "_calibrate_in_groups", lambda *a: passes.append(real(*a)) or passes[-1])
+    one = ben2_quantize.quantize_ben2(tiny_matmul_ben2, str(tmp_path / "one.onnx"))
+    monkeypatch.setattr(ben2_quantize, "CALIBRATION_GROUP_BYTES", 1)
+    many = ben2_quantize.quantize_ben2(tiny_matmul_ben2, str(tmp_path / "many.onnx"))
     assert passes[0] == 1 and passes[1] > 5
     a, b = ({t.name: numpy_helper.to_array(t) for t in onnx.load(p).graph.initializer} for p in (one, many))
     assert a.keys() == b.keys()

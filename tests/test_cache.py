@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from safecut.cache import ModelCache, ModelKey
+from safecut.runtime.cache import ModelCache, ModelKey
 
 
 class Model:
@@ -211,7 +211,7 @@ def test_failing_size_wakes_waiters_and_releases_the_model():
 
 
 def test_eviction_collects_garbage_only_when_the_model_lingers(monkeypatch):
-    import safecut.cache as cache_mod
+    import safecut.runtime.cache as cache_mod
 
     collects = []
     monkeypatch.setattr(cache_mod.gc, "collect", lambda *a: collects.append(1) or 0)

@@ -98,8 +98,9 @@ def test_full_pipeline_with_tiny_models_writes_captions_and_verdicts(inputs, tmp
 @pytest.mark.parametrize("captions,llama_loads", [(["a red mug", "a green bottle", "a sticker of a cat"], 0),
                                                    (["a red mug", "a kitchen knife", "a cat"], 1)])
 def test_pipeline_loads_the_classifier_only_for_undecided(inputs, tmp_path, monkeypatch, captions, llama_loads):
-    from safecut import florence, pipeline
-    from safecut.cache import get_cache
+    from safecut.engines import florence
+    from safecut.app import pipeline
+    from safecut.runtime.cache import get_cache
     from safecut.testkit import demo
 
     tiny = demo.prepare(str(tmp_path / "tiny"), florence=False, llm=True)
@@ -125,8 +126,8 @@ def test_pipeline_loads_the_classifier_only_for_undecided(inputs, tmp_path, monk
 
 def test_low_memory_releases_each_model_after_its_stage_same_results(inputs, tmp_path, monkeypatch):
     """--low-memory: every model is loaded per chunk and gone after its stage; the results do not change."""
-    from safecut import pipeline
-    from safecut.cache import get_cache
+    from safecut.app import pipeline
+    from safecut.runtime.cache import get_cache
     from safecut.testkit import demo
 
     tiny = demo.prepare(str(tmp_path / "tiny"), florence=True, llm=True)

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from safecut import cli, client
+from safecut.app import cli, client
 
 PIL = pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402

@@ -17,9 +17,9 @@ import sys
 
 import pytest
 
-from safecut.modelfiles import FOLDERS
-from safecut.profiles import PROFILES
-from safecut.registry import REGISTRY
+from safecut.models.modelfiles import FOLDERS
+from safecut.models.profiles import PROFILES
+from safecut.models.registry import REGISTRY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY = os.path.join(ROOT, "deploy")
@@ -240,7 +240,7 @@ def test_start_script_asks_glibc_for_huge_pages_once(tmp_path):
         return subprocess.run(["bash", str(probe)], capture_output=True, text=True, env=dict(env, **extra),
                               timeout=30).stdout.strip().splitlines()[-1]
 
-    from safecut.hugepages import TUNABLE
+    from safecut.runtime.hugepages import TUNABLE
 
     assert run() == f"G={TUNABLE}"
     assert run(GLIBC_TUNABLES="glibc.malloc.arena_max=2") == f"G=glibc.malloc.arena_max=2:{TUNABLE}"
@@ -254,7 +254,7 @@ def test_models_fetched_with_pack_command_and_known_profile(image):
     assert len(fetches) == 1, "fetch the models exactly once, with `python -m safecut models fetch --profile`"
     py, profile = fetches[0].group(1), fetches[0].group(2)
     assert py == VENV_PY
-    assert profile in PROFILES, f"profile {profile} is not in safecut/profiles.py ({sorted(PROFILES)})"
+    assert profile in PROFILES, f"profile {profile} is not in safecut/models/profiles.py ({sorted(PROFILES)})"
     assert profile.startswith(image["flavour"] + "-")
     for name in PROFILES[profile]:
         assert name in REGISTRY, f"profile {profile} names {name}, unknown to the registry: the build would fail"

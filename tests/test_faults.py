@@ -22,8 +22,10 @@ import torch
 from PIL import Image
 
 from conftest import subject_image
-from safecut import cache as cache_mod, gate, modelfiles
-from safecut.cache import ModelCache
+from safecut.runtime import cache as cache_mod
+from safecut.engines import gate
+from safecut.models import modelfiles
+from safecut.runtime.cache import ModelCache
 
 
 def _has(mod: str) -> bool:
@@ -295,7 +297,7 @@ def _thread_inputs(i: int):
 
 
 def test_eight_threads_on_every_engine_one_load_per_model_no_crossed_results(models, monkeypatch):
-    from safecut import ben2, nudenet
+    from safecut.engines import ben2, nudenet
 
     c = ModelCache(max_models=8, max_bytes=0)
     monkeypatch.setattr(cache_mod, "CACHE", c)
@@ -312,12 +314,12 @@ def test_eight_threads_on_every_engine_one_load_per_model_no_crossed_results(mod
             r = nudenet.detect([noise], device="CPU", threads=1).results[0]
             out["nude"] = (r.max_score, len(r.detections))
         if HAS_LLAMA:
-            from safecut import guard
+            from safecut.engines import guard
 
             (g,) = guard.SafetyClassifier(FAMILY, "Q4_K_M", threads=1).classify([caption])
             out["guard"] = (g.decided_by, g.p_unsafe)
         if HAS_FLORENCE:
-            from safecut import florence
+            from safecut.engines import florence
 
             out["caption"] = florence.caption_images([noise], "tiny-florence2", **flo_kw).captions[0]
         return out
@@ -454,7 +456,8 @@ def test_gate_node_refuses_nudenet_results_that_do_not_match_the_captions(pk):
 # ---- engine level: the headless pipeline with one stage broken at a time --------------------------
 @pytest.fixture()
 def pipe(models, tmp_path, monkeypatch):
-    from safecut import florence, nudenet, pipeline
+    from safecut.engines import florence, nudenet
+    from safecut.app import pipeline
 
     c = ModelCache(max_models=6, max_bytes=0)
     monkeypatch.setattr(cache_mod, "CACHE", c)
@@ -506,7 +509,7 @@ def test_pipeline_baseline_can_say_safe(pipe):
 
 @pytest.mark.parametrize("stage", ["florence", "nudenet", "gate"])
 def test_pipeline_stage_failure_fails_the_images_never_safe(pipe, monkeypatch, stage):
-    from safecut import florence, nudenet
+    from safecut.engines import florence, nudenet
 
     target = {"florence": (florence, "caption_images"), "nudenet": (nudenet, "detect"),
               "gate": (gate.KeywordGate, "decide_all")}[stage]
@@ -520,7 +523,7 @@ def test_pipeline_stage_failure_fails_the_images_never_safe(pipe, monkeypatch, s
 
 @pytest.mark.parametrize("failure", ["raises", "wrong count", "no verdict"])
 def test_pipeline_classifier_failure_gives_unsafe_by_error(pipe, monkeypatch, failure):
-    from safecut import guard
+    from safecut.engines import guard
 
     pipe.captions["value"] = ["a quokka composition", "a red mug on a table"]   # the 1st needs the classifier
     fake = {"raises": _boom, "wrong count": lambda self, caps, progress=None: [],

@@ -14,8 +14,8 @@ pytest.importorskip("transformers")
 import torch  # noqa: E402
 
 from conftest import load_pack  # noqa: E402
-from safecut import florence  # noqa: E402
-from safecut.cache import get_cache  # noqa: E402
+from safecut.engines import florence  # noqa: E402
+from safecut.runtime.cache import get_cache  # noqa: E402
 from safecut.errors import BadInputError, MissingDependencyError, ModelNotFoundError, SafeCutError  # noqa: E402
 from safecut.testkit.tiny_florence import build_tiny_florence, is_complete  # noqa: E402
 
@@ -216,8 +216,8 @@ def test_missing_or_old_transformers_names_the_install(flo_models, monkeypatch):
 @pytest.fixture()
 def pack_flo(flo_models):
     pack = load_pack()
-    pack.safecut.cache.get_cache().unload("florence2")
-    pack.safecut.cache.get_cache().reset_stats()
+    pack.safecut.runtime.cache.get_cache().unload("florence2")
+    pack.safecut.runtime.cache.get_cache().reset_stats()
     return pack
 
 
@@ -239,7 +239,7 @@ def test_node_batches_a_list_run(pack_flo, monkeypatch):
     """A list run (native sizes, one tensor per image, widget values as one-element lists, as ComfyUI hands an
     INPUT_IS_LIST node) is captioned in generate calls of batch_size images, in order."""
     cls = pack_flo.NODE_CLASS_MAPPINGS["SafeCutFlorence2Caption"]
-    flo = pack_flo.safecut.florence
+    flo = pack_flo.safecut.engines.florence
     imgs = images(3)                                                   # two different sizes
     chunks = []
 
@@ -265,9 +265,9 @@ def test_node_captions_each_image(pack_flo):
     assert isinstance(captions, list) and len(captions) == 3 and all(isinstance(c, str) for c in captions)
     assert out["ui"]["caption"] == captions and out["ui"]["device"] == ["CPU"]
     assert "fp32" in info and "fp16 requested" in info and "3 caption(s)" in info
-    engine = pack_flo.safecut.florence.caption_images(imgs, TINY, **FAST)
+    engine = pack_flo.safecut.engines.florence.caption_images(imgs, TINY, **FAST)
     assert engine.captions == captions
-    assert pack_flo.safecut.cache.get_cache().stats()["loads"] == 1
+    assert pack_flo.safecut.runtime.cache.get_cache().stats()["loads"] == 1
 
 
 def test_node_keep_loaded_false_and_cuda_fallback(pack_flo):
@@ -275,7 +275,7 @@ def test_node_keep_loaded_false_and_cuda_fallback(pack_flo):
     out = cls().run(torch.from_numpy(images(1)[0][None]), TINY, "detailed caption", "CUDA", "auto", 8, 1, 8, False)
     if not torch.cuda.is_available():
         assert out["ui"]["device"] == ["CPU (CUDA unavailable)"]
-    assert not [k for k in pack_flo.safecut.cache.get_cache().keys() if k.kind == "florence2"]
+    assert not [k for k in pack_flo.safecut.runtime.cache.get_cache().keys() if k.kind == "florence2"]
 
 
 def test_max_new_tokens_default_is_per_task_and_cut_captions_are_reported(flo_models, pack):

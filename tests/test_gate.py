@@ -6,8 +6,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from safecut import gate
-from safecut.gate import SAFE, UNDECIDED, UNSAFE, KeywordGate
+from safecut.engines import gate
+from safecut.engines.gate import SAFE, UNDECIDED, UNSAFE, KeywordGate
 
 TABLE = [
     # caption, expected (review policy), decided_by
@@ -72,7 +72,7 @@ def test_benign_words_are_known_in_their_inflections():
 
 
 def test_benign_vocabulary_file_is_grouped_and_holds_no_default_unsafe_word():
-    from safecut.gate_words import VOCAB_PATH, KeywordList, builtin_vocabulary, parse_list
+    from safecut.engines.gate_words import VOCAB_PATH, KeywordList, builtin_vocabulary, parse_list
 
     text = open(VOCAB_PATH, encoding="utf-8").read()
     assert text.count("# == ") >= 10 and "# == function words ==" in text

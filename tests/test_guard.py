@@ -17,8 +17,8 @@ import pytest
 pytest.importorskip("llama_cpp")
 pytest.importorskip("gguf")
 
-from safecut import gate, guard  # noqa: E402
-from safecut.cache import get_cache  # noqa: E402
+from safecut.engines import gate, guard  # noqa: E402
+from safecut.runtime.cache import get_cache  # noqa: E402
 from safecut.errors import BadInputError, DeviceUnavailableError, ModelNotFoundError  # noqa: E402
 from safecut.testkit import tiny_gguf  # noqa: E402
 
@@ -141,7 +141,7 @@ def test_missing_quantization_lists_present_ones_and_the_fetch_command(tiny_root
 
 
 def test_registry_has_every_family_quantization_and_pins_only_with_revision():
-    from safecut.registry import REGISTRY
+    from safecut.models.registry import REGISTRY
 
     pinned = 0
     for fam in guard.FAMILIES:
@@ -515,7 +515,7 @@ def test_node_contract(pack, llm_dir):
 
 
 def test_node_without_caption_returns_the_handle_and_loads_nothing(pack, llm_dir):
-    pack_cache = sys.modules[pack.__name__ + ".safecut.cache"].get_cache()
+    pack_cache = sys.modules[pack.__name__ + ".safecut.runtime.cache"].get_cache()
     pack_cache.unload("llama")
     out = _node_cls(pack)().run(**_widgets())
     handle, verdicts, ps, cats, js = out["result"]
@@ -530,7 +530,7 @@ def test_node_without_caption_returns_the_handle_and_loads_nothing(pack, llm_dir
 def test_node_without_llama_cpp_says_so_on_the_canvas(pack, llm_dir, monkeypatch):
     """The lazy node loads nothing, but when llama-cpp-python is missing it says there (not only in the log)
     that the gate's captions will be UNSAFE."""
-    deps = sys.modules[pack.__name__ + ".safecut.deps"]
+    deps = sys.modules[pack.__name__ + ".safecut.runtime.deps"]
     assert "waiting for the Keyword Gate" in _node_cls(pack)().run(**_widgets())["ui"]["text"][0]
     monkeypatch.setattr(deps, "available", lambda m: m != "llama_cpp")
     text = _node_cls(pack)().run(**_widgets())["ui"]["text"][0]
@@ -549,7 +549,7 @@ def test_node_with_captions_classifies_them(pack, llm_dir):
     assert out["ui"]["verdict"] == verdicts and "CPU" in out["ui"]["device"][0]
     assert [(r["n"], r["verdict"], r["by"]) for r in out["ui"]["rows"]] == [(i, "UNSAFE", "classifier") for i in (1, 2, 3)]
     assert [r["p_unsafe"] for r in out["ui"]["rows"]] == [round(p, 4) for p in ps]
-    sys.modules[pack.__name__ + ".safecut.cache"].get_cache().unload("llama")
+    sys.modules[pack.__name__ + ".safecut.runtime.cache"].get_cache().unload("llama")
 
 
 def test_node_missing_model_is_a_clear_error(pack, tmp_path, monkeypatch):

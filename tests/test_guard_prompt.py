@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from safecut import guard, guard_prompt  # noqa: E402
+from safecut.engines import guard, guard_prompt  # noqa: E402
 from safecut.testkit import llama_vocab  # noqa: E402
 
 CAPTIONS = [

@@ -19,12 +19,14 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, ort_has_cuda, subject_image, torch_has_cuda
-from safecut import ben2, cache as cache_mod, florence, gate, guard, modelfiles, nudenet, providers
-from safecut.cache import ModelCache
+from safecut.engines import ben2, florence, gate, guard, nudenet
+from safecut.runtime import cache as cache_mod, providers
+from safecut.models import modelfiles
+from safecut.runtime.cache import ModelCache
 from safecut.errors import (BadInputError, ChecksumError, DeviceOutOfMemoryError, DeviceUnavailableError,
                             ModelNotFoundError, SafeCutError)
-from safecut.providers import DeviceChoice
-from safecut.registry import REGISTRY, ModelSpec, RemoteFile
+from safecut.runtime.providers import DeviceChoice
+from safecut.models.registry import REGISTRY, ModelSpec, RemoteFile
 
 FAMILY = "Llama-Guard-3-1B"
 NUDENET_BUNDLED = nudenet.bundled_model_path()
@@ -540,13 +542,14 @@ SHIPPED_DIRS = ("safecut", "nodes")
 # nodes/comfy_hooks.py serves one read-only route on ComfyUI's own aiohttp server (the search aliases): no outbound
 # network access
 SERVER_IMPORTS = {("nodes/comfy_hooks.py", "aiohttp")}
-NETWORK_ALLOWED = {"safecut/modelfiles.py", "safecut/client.py"}   # pinned model downloads; the worker client
+# pinned model downloads; the worker client (its HTTP lives in transport.py only)
+NETWORK_ALLOWED = {"safecut/models/modelfiles.py", "safecut/app/client/transport.py"}
 # The headless CLI restarts itself once (same interpreter, same arguments) with glibc's huge-page tunable:
 # os.execve there only, and only the CLI calls it (test_reexec_only_from_the_cli).
-EXEC_ALLOWED = {("safecut/hugepages.py", "execve")}
-# The OpenVINO crash probe runs this same interpreter on safecut.openvino_rt itself, in a child, so that a crash in
-# OpenVINO's compile cannot take ComfyUI down (test_the_only_child_process_is_the_openvino_probe).
-SUBPROCESS_ALLOWED = {"safecut/openvino_rt.py"}
+EXEC_ALLOWED = {("safecut/runtime/hugepages.py", "execve")}
+# The OpenVINO crash probe runs this same interpreter on safecut.runtime.openvino_session itself, in a child, so
+# that a crash in OpenVINO's compile cannot take ComfyUI down (test_the_only_child_process_is_the_openvino_probe).
+SUBPROCESS_ALLOWED = {"safecut/runtime/openvino_session.py"}
 FORBIDDEN_IMPORTS = {"pickle": "pickle loading", "cPickle": "pickle loading", "dill": "pickle loading",
                      "joblib": "pickle loading", "marshal": "unsafe deserialization", "shelve": "pickle loading",
                      "subprocess": "spawning processes (pip installs belong in install.py)",
@@ -584,7 +587,7 @@ def _violations(path: str, root: str = ROOT) -> list[str]:
                     add(node, f"imports {n}: {FORBIDDEN_IMPORTS[top]} is not allowed in shipped code")
                 if rel not in NETWORK_ALLOWED and (rel, n) not in SERVER_IMPORTS and \
                         any(n == m or n.startswith(m + ".") for m in NETWORK_IMPORTS):
-                    add(node, f"imports {n}: network access only through safecut/modelfiles.py")
+                    add(node, f"imports {n}: network access only through safecut/models/modelfiles.py")
         elif isinstance(node, ast.Call):
             f = node.func
             if isinstance(f, ast.Name) and f.id in ("eval", "exec", "compile", "__import__"):
@@ -605,7 +608,7 @@ def _violations(path: str, root: str = ROOT) -> list[str]:
                 if kw.arg == "weights_only" and val is not True:
                     add(node, "passes weights_only != True: no pickles")
             attr = f.attr if isinstance(f, ast.Attribute) else None
-            if attr == "from_pretrained" and rel == "safecut/florence.py":
+            if attr == "from_pretrained" and rel == "safecut/engines/florence.py":
                 owner = ast.unparse(f.value)
                 if not owner.endswith(("Processor", "Tokenizer")):
                     kws = {k.arg: k.value for k in node.keywords}
@@ -616,7 +619,7 @@ def _violations(path: str, root: str = ROOT) -> list[str]:
         elif isinstance(node, (ast.Name, ast.Attribute)):
             name = node.id if isinstance(node, ast.Name) else node.attr
             if name in NETWORK_NAMES and rel not in NETWORK_ALLOWED:
-                add(node, f"uses {name}: downloads only through safecut/modelfiles.py")
+                add(node, f"uses {name}: downloads only through safecut/models/modelfiles.py")
     if re.search(r"trust_remote_code['\"]?\s*[:=]\s*True", src):
         add(tree, "sets trust_remote_code to True")
     return bad
@@ -633,7 +636,7 @@ def test_reexec_only_from_the_cli():
     """The one allowed exec restarts `python -m safecut run`; nothing ComfyUI loads may reach it."""
     callers = [os.path.relpath(p, ROOT).replace(os.sep, "/") for p in shipped_files()
                if "reexec_with_huge_pages(" in open(p, encoding="utf-8").read()]
-    assert sorted(callers) == ["safecut/cli.py", "safecut/hugepages.py"]
+    assert sorted(callers) == ["safecut/app/cli.py", "safecut/runtime/hugepages.py"]
 
 
 def test_the_scanner_catches_what_it_should(tmp_path):
@@ -703,22 +706,22 @@ def test_a_full_run_never_unpickles_spawns_or_downloads(env, kit, tiny_florence,
 
 
 def test_the_only_child_process_is_the_openvino_probe():
-    """openvino_rt may start one kind of process: this interpreter on its own probe (no pip, no shell)."""
+    """openvino_session may start one kind of process: this interpreter on its own probe (no pip, no shell)."""
     import sys
 
-    from safecut import openvino_rt
+    from safecut.runtime import openvino_session
 
-    src = open(os.path.join(ROOT, "safecut", "openvino_rt.py"), encoding="utf-8").read()
+    src = open(os.path.join(ROOT, "safecut", "openvino_session.py"), encoding="utf-8").read()
     calls = [n for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
              and isinstance(n.func.value, ast.Name) and n.func.value.id == "subprocess"]
     assert [c.func.attr for c in calls] == ["run"] and ast.unparse(calls[0].args[0]) == "cmd"
     assert not any(k.arg == "shell" for k in calls[0].keywords)
-    assert openvino_rt.probe_command("bf16") == [sys.executable, "-m", "safecut.openvino_rt", "--probe", "bf16"]
+    assert openvino_session.probe_command("bf16") == [sys.executable, "-m", "safecut.runtime.openvino_session", "--probe", "bf16"]
 
 
 # ---- optional dependencies ------------------------------------------------------------------------------
 def test_missing_dependency_names_the_package_or_its_missing_dependency(tmp_path, monkeypatch):
-    from safecut.deps import require
+    from safecut.runtime.deps import require
     from safecut.errors import MissingDependencyError
 
     (tmp_path / "halfpkg").mkdir()

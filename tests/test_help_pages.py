@@ -94,7 +94,7 @@ def test_nudenet_page_explains_per_label_thresholds():
     text = page("SafeCutNudeNetDetector")
     assert "LABEL=score" in text and "FEMALE_BREAST_EXPOSED=0.4" in text
     assert "is not a NudeNet label" in section(text, "## Errors and fixes")
-    from safecut import nudenet
+    from safecut.engines import nudenet
 
     assert all(f"`{label}`" in text for label in nudenet.LABELS)
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from safecut import hugepages
+from safecut.runtime import hugepages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,7 +61,7 @@ def test_reexec_sets_the_tunable_once_and_keeps_the_arguments():
 
 _HEAP_PROBE = r"""
 import ctypes, sys
-from safecut import hugepages
+from safecut.runtime import hugepages
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 

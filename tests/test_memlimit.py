@@ -3,7 +3,8 @@ import os
 
 import pytest
 
-from safecut import cli, memlimit, pipeline
+from safecut.app import cli, pipeline
+from safecut.runtime import memlimit
 
 GIB = 1 << 30
 

@@ -19,8 +19,10 @@ import weakref
 import numpy as np
 import pytest
 
-from safecut import ben2, cache as cache_mod, gate, modelfiles, nudenet
-from safecut.cache import ModelCache
+from safecut.engines import ben2, gate, nudenet
+from safecut.runtime import cache as cache_mod
+from safecut.models import modelfiles
+from safecut.runtime.cache import ModelCache
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc/self/statm (Linux)")
 
@@ -106,7 +108,7 @@ def test_200_runs_with_constant_eviction_keep_rss_flat_and_free_every_model(tiny
     recording(nudenet, "nudenet")
     classify = None
     if HAS_LLAMA:
-        from safecut import guard
+        from safecut.engines import guard
 
         real_runtime = guard.load_runtime
 

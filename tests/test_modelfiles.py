@@ -3,9 +3,9 @@ import os
 
 import pytest
 
-from safecut import modelfiles
+from safecut.models import modelfiles
 from safecut.errors import ChecksumError, ModelNotFoundError
-from safecut.registry import REGISTRY, ModelSpec, RemoteFile
+from safecut.models.registry import REGISTRY, ModelSpec, RemoteFile
 
 
 def _spec(name, data: bytes, kind="ben2", sha=None, size=None):
@@ -308,7 +308,7 @@ def test_hub_warnings_are_printed_once_under_a_root_handler(hub_spec, monkeypatc
     assert hub_logger.propagate is True  # restored after the call
 
 
-# ---- trust on first use (safecut/modellock.py) ---------------------------------------------------
+# ---- trust on first use (safecut/models/modellock.py) ---------------------------------------------------
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -336,13 +336,13 @@ def hub_with_commit(monkeypatch):
 def _lock(folder):
     import json
 
-    from safecut.modellock import LOCK_NAME
+    from safecut.models.modellock import LOCK_NAME
 
     return json.load(open(folder / LOCK_NAME))
 
 
 def test_unpinned_download_is_locked_then_a_tampered_file_is_refused(models_dir, hub_with_commit, monkeypatch):
-    from safecut.modellock import LockMismatchError
+    from safecut.models.modellock import LockMismatchError
 
     data = b"gguf-bytes" * 200
     spec = ModelSpec("Guard-Q4.gguf", "llm", "org/guard-gguf", (RemoteFile("Guard-Q4.gguf"),))
@@ -364,7 +364,7 @@ def test_unpinned_download_is_locked_then_a_tampered_file_is_refused(models_dir,
         f.write(b"x")
     with pytest.raises(LockMismatchError, match="bytes"):
         modelfiles.resolve("llm", spec.name)
-    from safecut import guard
+    from safecut.engines import guard
 
     monkeypatch.setitem(guard.FAMILIES, "Guard", guard.Family("Guard", ("Guard",), "guard", "llama3"))
     (res,) = guard.SafetyClassifier("Guard", "Q4").classify(["a cat"])  # the classifier fails closed
@@ -372,7 +372,7 @@ def test_unpinned_download_is_locked_then_a_tampered_file_is_refused(models_dir,
 
 
 def test_file_placed_by_hand_is_locked_at_first_load(models_dir, monkeypatch):
-    from safecut.modellock import LockMismatchError
+    from safecut.models.modellock import LockMismatchError
 
     spec = ModelSpec("placed.gguf", "llm", "org/x", (RemoteFile("placed.gguf"),))
     monkeypatch.setitem(REGISTRY, spec.name, spec)
@@ -389,7 +389,7 @@ def test_file_placed_by_hand_is_locked_at_first_load(models_dir, monkeypatch):
 
 def test_directory_model_locks_unpinned_files_and_verify_reports_each_state(models_dir, hub_with_commit,
                                                                            monkeypatch, capsys):
-    from safecut import cli
+    from safecut.app import cli
 
     files = {"config.json": b'{"a": 1}', "model.safetensors": b"w" * 64, "tokenizer.json": b"{}"}
     weights = hashlib.sha256(files["model.safetensors"]).hexdigest()
@@ -416,8 +416,8 @@ def test_directory_model_locks_unpinned_files_and_verify_reports_each_state(mode
 
 def test_which_default_model_files_are_pinned_and_which_are_locked():
     """The README's table: what the registry pins (public sha256) and what trust on first use covers."""
-    from safecut import modellock
-    from safecut.profiles import PROFILES
+    from safecut.models import modellock
+    from safecut.models.profiles import PROFILES
 
     names = sorted({n for files in PROFILES.values() for n in files} | {"320n.onnx"})
     pinned = {n: [rf.path for rf in REGISTRY[n].files if rf.sha256] for n in names}

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from conftest import load_pack, ort_has_cuda
-from safecut import nudenet as nn
-from safecut.cache import get_cache
+from safecut.engines import nudenet as nn
+from safecut.runtime.cache import get_cache
 from safecut.errors import BadInputError, DeviceUnavailableError, ModelNotFoundError
-from safecut.providers import DeviceChoice
+from safecut.runtime.providers import DeviceChoice
 
 pytestmark = pytest.mark.skipif(nn.bundled_model_path() is None, reason="nudenet package (bundled 320n.onnx) missing")
 

@@ -50,7 +50,7 @@ print(json.dumps(dict(dt=dt, nodes=sorted(mod.NODE_CLASS_MAPPINGS), errors=mod.I
     best = min((_run(code, env) for _ in range(3)), key=lambda r: r["dt"])
     assert best["errors"] == {}
     assert best["heavy"] == [], f"heavy modules imported at load: {best['heavy']}"
-    assert best["numpy"] is False      # safecut.lazy: ~160 ms of a fresh process, imported on first use
+    assert best["numpy"] is False      # safecut.runtime.lazy: ~160 ms of a fresh process, imported on first use
     assert best["web"] == "./js" and os.path.isdir(os.path.join(ROOT, "js"))
     assert {"SafeCutBEN2RemoveBackground", "SafeCutKeywordGate", "SafeCutUnloadModels"} <= set(best["nodes"])
     assert set(best["names"]) == set(best["nodes"])
@@ -134,32 +134,32 @@ def test_hooks_register_folders_without_overwriting_yaml_paths(pack, fake_comfy)
         assert llm_paths[0].endswith(os.path.join("yaml", "LLM"))           # extra_model_paths.yaml entry kept
         assert llm_paths[1] == os.path.join(fp.models_dir, "LLM")
         assert fp.get_folder_paths("ben2") == [os.path.join(fp.models_dir, "ben2")]
-        assert pack.safecut.modelfiles.search_dirs("llm")[0].endswith(os.path.join("yaml", "LLM"))
+        assert pack.safecut.models.modelfiles.search_dirs("llm")[0].endswith(os.path.join("yaml", "LLM"))
     finally:
-        pack.safecut.modelfiles.set_folder_provider(None)
+        pack.safecut.models.modelfiles.set_folder_provider(None)
 
 
 def test_comfy_unload_also_empties_our_cache_and_wrap_is_idempotent(pack, fake_comfy):
     fp, mm, calls = fake_comfy
     hooks = pack.nodes.comfy_hooks
-    cache = pack.safecut.cache.get_cache()
+    cache = pack.safecut.runtime.cache.get_cache()
     try:
         hooks.wrap_unload()
         hooks.wrap_unload()
         closed = []
-        cache.get(pack.safecut.cache.ModelKey("t", "/x"), lambda: object(), closer=closed.append)
+        cache.get(pack.safecut.runtime.cache.ModelKey("t", "/x"), lambda: object(), closer=closed.append)
         mm.unload_all_models()
-        assert calls == ["original"] and len(closed) == 1 and not cache.contains(pack.safecut.cache.ModelKey("t", "/x"))
+        assert calls == ["original"] and len(closed) == 1 and not cache.contains(pack.safecut.runtime.cache.ModelKey("t", "/x"))
     finally:
-        pack.safecut.modelfiles.set_folder_provider(None)
+        pack.safecut.models.modelfiles.set_folder_provider(None)
 
 
 def test_comfy_free_memory_takes_back_our_gpu_models_only_under_pressure(pack, fake_comfy):
     fp, mm, calls = fake_comfy
     hooks = pack.nodes.comfy_hooks
-    cache_mod = pack.safecut.cache
+    cache_mod = pack.safecut.runtime.cache
     cache = cache_mod.get_cache()
-    Choice = pack.safecut.providers.DeviceChoice
+    Choice = pack.safecut.runtime.providers.DeviceChoice
     free = {"bytes": 10 << 30}
     mm.get_free_memory = lambda dev=None, torch_free_too=False: free["bytes"]
     mm.free_memory = lambda memory_required, device, keep_loaded=[]: calls.append(("free", memory_required))
@@ -188,9 +188,9 @@ def test_comfy_free_memory_takes_back_our_gpu_models_only_under_pressure(pack, f
 
 
 def test_unload_node(pack):
-    cache = pack.safecut.cache.get_cache()
-    cache.get(pack.safecut.cache.ModelKey("ben2", "/a"), lambda: object(), closer=lambda m: None)
-    cache.get(pack.safecut.cache.ModelKey("llama", "/b"), lambda: object(), closer=lambda m: None)
+    cache = pack.safecut.runtime.cache.get_cache()
+    cache.get(pack.safecut.runtime.cache.ModelKey("ben2", "/a"), lambda: object(), closer=lambda m: None)
+    cache.get(pack.safecut.runtime.cache.ModelKey("llama", "/b"), lambda: object(), closer=lambda m: None)
     node = pack.NODE_CLASS_MAPPINGS["SafeCutUnloadModels"]()
     out = node.run("ben2", trigger="x")
     stats = json.loads(out["result"][0])

@@ -3,7 +3,7 @@ import logging
 import pytest
 
 from conftest import ort_has_cuda, torch_has_cuda
-from safecut import providers
+from safecut.runtime import providers
 from safecut.errors import DeviceUnavailableError
 
 
@@ -18,7 +18,7 @@ def _cpu_only_ort(monkeypatch, driver):
 
 def test_auto_without_a_gpu_is_quietly_cpu(tiny_ben2_path, monkeypatch, caplog):
     _cpu_only_ort(monkeypatch, None)
-    with caplog.at_level(logging.WARNING, logger="safecut.providers"):
+    with caplog.at_level(logging.WARNING, logger="safecut.runtime.providers"):
         sess, choice = providers.create_ort_session(tiny_ben2_path, "auto")
     assert sess.get_providers()[0] == "CPUExecutionProvider"
     assert choice == providers.DeviceChoice("auto", "CPU") and not caplog.records
@@ -26,7 +26,7 @@ def test_auto_without_a_gpu_is_quietly_cpu(tiny_ben2_path, monkeypatch, caplog):
 
 def test_auto_beside_a_gpu_that_cpu_only_onnxruntime_cannot_use_says_so(tiny_ben2_path, monkeypatch, caplog):
     _cpu_only_ort(monkeypatch, "CUDA")
-    with caplog.at_level(logging.WARNING, logger="safecut.providers"):
+    with caplog.at_level(logging.WARNING, logger="safecut.runtime.providers"):
         for _ in range(2):
             sess, choice = providers.create_ort_session(tiny_ben2_path, "auto", strict=True)  # auto allows CPU
     assert sess.get_providers()[0] == "CPUExecutionProvider"
@@ -42,11 +42,11 @@ def test_auto_when_the_cuda_provider_fails_to_load_says_so(tiny_ben2_path, monke
     monkeypatch.setattr(providers, "ort_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(providers, "_warned", set())
     monkeypatch.setattr(providers, "gpu_driver", lambda: None)     # onnxruntime-gpu on a machine without a GPU
-    with caplog.at_level(logging.WARNING, logger="safecut.providers"):
+    with caplog.at_level(logging.WARNING, logger="safecut.runtime.providers"):
         sess, choice = providers.create_ort_session(tiny_ben2_path, "auto")
     assert choice == providers.DeviceChoice("auto", "CPU") and not caplog.records   # CPU is right there: quiet
     monkeypatch.setattr(providers, "gpu_driver", lambda: "CUDA")
-    with caplog.at_level(logging.WARNING, logger="safecut.providers"):
+    with caplog.at_level(logging.WARNING, logger="safecut.runtime.providers"):
         sess, choice = providers.create_ort_session(tiny_ben2_path, "auto")
     assert sess.get_providers()[0] == "CPUExecutionProvider"
     assert choice.describe() == "CPU (GPU unused: CUDA provider failed)"
@@ -82,7 +82,7 @@ def test_gpu_driver_probe(monkeypatch):
 @needs_no_cuda_ep
 def test_cuda_requested_without_cuda_falls_back_with_one_warning(tiny_ben2_path, caplog):
     providers._warned.clear()
-    with caplog.at_level(logging.WARNING, logger="safecut.providers"):
+    with caplog.at_level(logging.WARNING, logger="safecut.runtime.providers"):
         _, c1 = providers.create_ort_session(tiny_ben2_path, "CUDA")
         _, c2 = providers.create_ort_session(tiny_ben2_path, "cuda")
     assert c1.used == "CPU" and "unavailable" in c1.note and c1.describe() == "CPU (CUDA unavailable)"
@@ -172,7 +172,7 @@ def test_torch_device_auto_beside_a_gpu_with_cpu_only_torch_says_so(monkeypatch,
     monkeypatch.setattr(providers, "gpu_driver", lambda: "CUDA")
     monkeypatch.setattr(torch.version, "cuda", None)
     monkeypatch.setattr(providers, "_warned", set())
-    with caplog.at_level(logging.WARNING, logger="safecut.providers"):
+    with caplog.at_level(logging.WARNING, logger="safecut.runtime.providers"):
         c = providers.torch_device("auto", strict=True)
     assert c.describe() == "CPU (GPU unused: torch is CPU-only)" and "CPU-only" in caplog.text
     monkeypatch.setattr(providers, "gpu_driver", lambda: None)   # no GPU at all: quietly CPU

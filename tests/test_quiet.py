@@ -1,5 +1,5 @@
 """Quiet runs: a fresh `python -m safecut run … --tiny-models` prints only SafeCut's own lines; what llama.cpp,
-transformers and the model builders print goes to the build log (safecut/quiet.py)."""
+transformers and the model builders print goes to the build log (safecut/runtime/quiet.py)."""
 from __future__ import annotations
 
 import ctypes
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT as _ROOT
-from safecut import quiet
+from safecut.runtime import quiet
 
 ROOT = Path(_ROOT)
 # SafeCut's own terminal lines: its messages ("SafeCut: …", errors "safecut: …", and log records of SafeCut's
@@ -34,7 +34,7 @@ def test_own_line_rule_is_not_vacuous():
 
 def test_output_to_log_takes_fd_level_writes_and_gives_the_fds_back(tmp_path, monkeypatch, capfd, caplog):
     monkeypatch.setenv("SAFECUT_CACHE_DIR", str(tmp_path))
-    caplog.set_level(logging.DEBUG, logger="safecut.quiet")
+    caplog.set_level(logging.DEBUG, logger="safecut.runtime.quiet")
     with quiet.output_to_log("a C library") as path:
         os.write(1, b"from C on stdout\n")                 # what printf/fprintf in a C library does
         os.write(2, b"from C on stderr\n")

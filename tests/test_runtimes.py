@@ -1,4 +1,4 @@
-"""CPU numerics: what safecut.cpu decides per CPU class, the OpenVINO crash probe and every fallback to ONNX
+"""CPU numerics: what safecut.runtime.cpu decides per CPU class, the OpenVINO crash probe and every fallback to ONNX
 Runtime, and OpenVINO's results against ONNX Runtime fp32 (a BEN2-shaped graph, NudeNet's trained detector)."""
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from safecut import ben2, cpu, nudenet, openvino_rt, providers, runtimes
-from safecut.cache import get_cache
+from safecut.engines import ben2, nudenet
+from safecut.runtime import cpu, openvino_session, providers, sessions
+from safecut.runtime.cache import get_cache
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PHOTOS = os.path.join(HERE, "data", "photos")
-needs_ov = pytest.mark.skipif(openvino_rt.version() is None, reason="openvino is not installed (pip install openvino)")
+needs_ov = pytest.mark.skipif(openvino_session.version() is None, reason="openvino is not installed (pip install openvino)")
 
 AMX_XEON = "avx avx2 fma avx512f avx512cd avx512vl avx512dq avx512bw avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8"
 ZEN4 = "avx avx2 fma avx512f avx512cd avx512vl avx512dq avx512bw avx512_vnni avx512vbmi avx512_bf16"
@@ -33,7 +34,7 @@ def flags(monkeypatch):
 def fresh_probe(tmp_path, monkeypatch):
     """A probe verdict store of this test's own, and no verdicts remembered in this process."""
     monkeypatch.setenv("SAFECUT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(openvino_rt, "_verdicts", {})
+    monkeypatch.setattr(openvino_session, "_verdicts", {})
     providers._warned.clear()
     return tmp_path / "cache" / "openvino-probe.json"
 
@@ -56,10 +57,10 @@ def test_cpu_class_decides_the_auto_numerics(flags, text, cls, ben2_rt, florence
     assert cpu.bf16_fast() == (cls == "AMX")   # avx512_bf16 alone (Zen 4) is not enough
     if ben2_rt is not None:
         assert cpu.onnx_cpu_runtime("ben2") == ben2_rt
-    assert runtimes.cpu_plan("ben2", "auto", quantized=True) == ("onnxruntime", "f32")   # INT8 never moves to OV
-    assert runtimes.cpu_plan("ben2", "OpenVINO bf16") == ("openvino", "bf16")             # explicit is honoured
-    assert runtimes.cpu_plan("nudenet", "ONNX Runtime") == ("onnxruntime", "f32")
-    assert runtimes.cpu_plan("nudenet") == ("onnxruntime", "f32")   # measured as fast and 4x quicker to load
+    assert sessions.cpu_plan("ben2", "auto", quantized=True) == ("onnxruntime", "f32")   # INT8 never moves to OV
+    assert sessions.cpu_plan("ben2", "OpenVINO bf16") == ("openvino", "bf16")             # explicit is honoured
+    assert sessions.cpu_plan("nudenet", "ONNX Runtime") == ("onnxruntime", "f32")
+    assert sessions.cpu_plan("nudenet") == ("onnxruntime", "f32")   # measured as fast and 4x quicker to load
 
 
 def test_llama_build_flags_follow_the_cpu_and_never_go_native(flags):
@@ -78,37 +79,37 @@ def test_llama_build_flags_follow_the_cpu_and_never_go_native(flags):
 def test_cpu_module_runs_before_any_dependency_exists():
     import subprocess
 
-    out = subprocess.run([sys.executable, "-S", "-m", "safecut.cpu", "--llama-cmake-args"], capture_output=True,
+    out = subprocess.run([sys.executable, "-S", "-m", "safecut.runtime.cpu", "--llama-cmake-args"], capture_output=True,
                          text=True, cwd=os.path.dirname(HERE), env={"SAFECUT_CPU_FLAGS": ZEN4, "PATH": os.environ["PATH"]})
     assert out.returncode == 0 and "-DGGML_AVX512=ON" in out.stdout, out.stderr
 
 
 def test_unknown_runtime_is_a_clear_error():
     with pytest.raises(ValueError, match="cpu_runtime 'TensorFlow' is not one of: auto, ONNX Runtime"):
-        runtimes.normalize("TensorFlow")
+        sessions.normalize("TensorFlow")
 
 
 # ---- the probe ----------------------------------------------------------------------------------
 @needs_ov
 def test_real_probe_passes_and_its_verdict_is_kept_per_cpu_and_version(fresh_probe, monkeypatch):
-    assert openvino_rt.usable("f32") == (True, "")
+    assert openvino_session.usable("f32") == (True, "")
     stored = fresh_probe.read_text()
-    assert cpu.model_name() in stored and openvino_rt.version() in stored and "|f32" in stored
+    assert cpu.model_name() in stored and openvino_session.version() in stored and "|f32" in stored
     # a second process reads the verdict: the probe does not run again (it would crash here)
-    monkeypatch.setattr(openvino_rt, "_verdicts", {})
-    monkeypatch.setattr(openvino_rt, "probe_command", crash_with("import os, signal; os.kill(os.getpid(), signal.SIGFPE)"))
-    assert openvino_rt.usable("f32") == (True, "")
+    monkeypatch.setattr(openvino_session, "_verdicts", {})
+    monkeypatch.setattr(openvino_session, "probe_command", crash_with("import os, signal; os.kill(os.getpid(), signal.SIGFPE)"))
+    assert openvino_session.usable("f32") == (True, "")
 
 
 @needs_ov
 def test_crashing_probe_means_onnx_runtime_said_once(fresh_probe, monkeypatch, tiny_ben2_path, caplog):
-    monkeypatch.setattr(openvino_rt, "probe_command", crash_with("import os, signal; os.kill(os.getpid(), signal.SIGFPE)"))
-    ok, why = openvino_rt.usable("f32")
+    monkeypatch.setattr(openvino_session, "probe_command", crash_with("import os, signal; os.kill(os.getpid(), signal.SIGFPE)"))
+    ok, why = openvino_session.usable("f32")
     assert not ok and "SIGFPE" in why and "crashed" in why
     with caplog.at_level(logging.WARNING):
-        sess, choice = runtimes.create_session(tiny_ben2_path, "CPU", engine="ben2", runtime="OpenVINO f32")
-        runtimes.create_session(tiny_ben2_path, "CPU", engine="ben2", runtime="OpenVINO f32")
-    assert not isinstance(sess, openvino_rt.OpenVINOSession)
+        sess, choice = sessions.create_session(tiny_ben2_path, "CPU", engine="ben2", runtime="OpenVINO f32")
+        sessions.create_session(tiny_ben2_path, "CPU", engine="ben2", runtime="OpenVINO f32")
+    assert not isinstance(sess, openvino_session.OpenVINOSession)
     assert choice.describe().startswith("CPU · ONNX Runtime fp32 (OpenVINO refused: OpenVINO f32 crashed")
     assert caplog.text.count("SIGFPE") == 1            # said once, not per load
     assert '"ok": false' in fresh_probe.read_text()    # and not probed again in the next process
@@ -121,24 +122,24 @@ def test_crashing_probe_means_onnx_runtime_said_once(fresh_probe, monkeypatch, t
     ("import time; time.sleep(30)", 1.0, "did not finish within 1 s"),
 ])
 def test_wrong_failing_or_hanging_probe_refuses_openvino(fresh_probe, monkeypatch, code, timeout, expect):
-    monkeypatch.setattr(openvino_rt, "probe_command", crash_with(code))
+    monkeypatch.setattr(openvino_session, "probe_command", crash_with(code))
     if timeout:
-        monkeypatch.setattr(openvino_rt, "PROBE_TIMEOUT_S", timeout)
-    ok, why = openvino_rt.usable("bf16")
+        monkeypatch.setattr(openvino_session, "PROBE_TIMEOUT_S", timeout)
+    ok, why = openvino_session.usable("bf16")
     assert not ok and expect in why
 
 
 def test_missing_openvino_runs_onnx_runtime_with_a_note(fresh_probe, monkeypatch, tiny_ben2_path, flags):
     flags(ZEN4)   # auto wants OpenVINO f32 here
-    monkeypatch.setattr(openvino_rt, "version", lambda: None)
-    sess, choice = runtimes.create_session(tiny_ben2_path, "auto", engine="ben2")
+    monkeypatch.setattr(openvino_session, "version", lambda: None)
+    sess, choice = sessions.create_session(tiny_ben2_path, "auto", engine="ben2")
     assert choice.used == "CPU" and choice.runtime == "ONNX Runtime fp32" and choice.note == "OpenVINO unavailable"
     assert "not installed" in str(providers._warned)
 
 
 def test_openvino_off_by_environment(fresh_probe, monkeypatch):
     monkeypatch.setenv("SAFECUT_OPENVINO", "0")
-    assert openvino_rt.usable("f32") == (False, "SAFECUT_OPENVINO=0")
+    assert openvino_session.usable("f32") == (False, "SAFECUT_OPENVINO=0")
 
 
 @needs_ov
@@ -147,9 +148,9 @@ def test_failing_compile_falls_back_to_onnx_runtime(fresh_probe, monkeypatch, ti
         def __init__(self, *a, **k):
             raise RuntimeError("Exception from src/plugins/intel_cpu: unsupported op")
 
-    monkeypatch.setattr(openvino_rt, "usable", lambda p: (True, ""))
-    monkeypatch.setattr(openvino_rt, "OpenVINOSession", Broken)
-    sess, choice = runtimes.create_session(tiny_ben2_path, "CPU", engine="ben2", runtime="OpenVINO f32")
+    monkeypatch.setattr(openvino_session, "usable", lambda p: (True, ""))
+    monkeypatch.setattr(openvino_session, "OpenVINOSession", Broken)
+    sess, choice = sessions.create_session(tiny_ben2_path, "CPU", engine="ben2", runtime="OpenVINO f32")
     assert choice.runtime == "ONNX Runtime fp32" and "could not compile" in choice.note and "unsupported op" in choice.note
     assert sess.get_providers() == ["CPUExecutionProvider"]
 
@@ -161,8 +162,8 @@ def test_cuda_path_stays_onnx_runtime(monkeypatch, tiny_ben2_path, flags):
     monkeypatch.setattr(providers, "ort_provider_list", lambda d: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(providers, "create_ort_session",
                         lambda path, device, **kw: calls.append(kw) or ("ort", providers.DeviceChoice("auto", "CUDA")))
-    monkeypatch.setattr(openvino_rt, "usable", lambda p: pytest.fail("OpenVINO consulted on the CUDA path"))
-    sess, choice = runtimes.create_session(tiny_ben2_path, "auto", engine="ben2", runtime="OpenVINO bf16")
+    monkeypatch.setattr(openvino_session, "usable", lambda p: pytest.fail("OpenVINO consulted on the CUDA path"))
+    sess, choice = sessions.create_session(tiny_ben2_path, "auto", engine="ben2", runtime="OpenVINO bf16")
     assert sess == "ort" and choice.describe() == "CUDA" and len(calls) == 1
 
 
@@ -233,7 +234,7 @@ def test_openvino_model_is_cached_charged_and_unloaded(fresh_probe, swin_ben2):
     assert len(entries) == 1
     assert cache.stats()["resident_bytes"] >= os.path.getsize(swin_ben2)   # at least the weights, measured after the run
     model = cache.get(entries[0], lambda: pytest.fail("reloaded"))
-    assert isinstance(model.session, openvino_rt.OpenVINOSession)
+    assert isinstance(model.session, openvino_session.OpenVINOSession)
     assert cache.unload("ben2") == 1 and model.session is None   # /free and Unload Models reach it
 
 
@@ -245,14 +246,14 @@ def test_openvino_model_is_cached_charged_and_unloaded(fresh_probe, swin_ben2):
     ("CPU : NEON = 1 | ARM_FMA = 1 | ", "NEON"),
 ])
 def test_llama_build_isa_is_read_from_system_info(info, isa):
-    from safecut import guard
+    from safecut.engines import guard
 
     assert guard.build_isa(info) == isa
 
 
 def test_llama_build_below_the_cpu_warns_once_and_shows_on_the_node(flags, caplog):
     llama_cpp = pytest.importorskip("llama_cpp")
-    from safecut import guard
+    from safecut.engines import guard
 
     built = guard.build_isa(llama_cpp.llama_print_system_info().decode())
     providers._warned.clear()

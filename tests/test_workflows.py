@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from conftest import ROOT
 from safecut import contract as C
-from safecut import workflows as W
+from safecut.app import workflows as W
 
 NAMES = sorted(W.GRAPHS)
 

@@ -85,7 +85,7 @@ def _quiet_transformers() -> None:
 
 
 def _unload_all():
-    from safecut.cache import get_cache
+    from safecut.runtime.cache import get_cache
 
     get_cache().unload()
 
@@ -97,9 +97,9 @@ def _fs(st: dict) -> str:
 
 
 def page_env(huge: bool) -> dict:
-    """The child's environment with or without glibc's huge-page tunable (safecut/hugepages.py), whatever the
+    """The child's environment with or without glibc's huge-page tunable (safecut/runtime/hugepages.py), whatever the
     bench itself was started with: rows say which they ran on."""
-    from safecut import hugepages
+    from safecut.runtime import hugepages
 
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "SAFECUT_HUGEPAGES_REEXEC")}
     tunables = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t and t != hugepages.TUNABLE]

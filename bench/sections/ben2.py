@@ -82,7 +82,7 @@ def section_ben2(ctx: Ctx, sec: Section) -> None:
     cpu = cpu_info()
     simd = ", ".join(cpu.get("simd", [])) or "?"
     # SafeCut rows run as `python -m safecut run` and the worker image run them: glibc asked for huge pages
-    # (safecut/hugepages.py); the "4 KiB pages" rows are a ComfyUI started without the tunable.
+    # (safecut/runtime/hugepages.py); the "4 KiB pages" rows are a ComfyUI started without the tunable.
     hp = " huge pages (GLIBC_TUNABLES, as the CLI and worker set it)"
     configs = [("plain", "plain ORT session, default options (the stand-in)", path),
                ("safecut", "SafeCut fp32 (ben2.remove_background: no arena, memory pattern, spinning, "

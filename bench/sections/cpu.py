@@ -36,11 +36,11 @@ def _photos() -> list[np.ndarray]:
 
 
 def section_cpu(ctx: Ctx, sec: Section) -> None:
-    from safecut import cpu, openvino_rt, runtimes
+    from safecut.runtime import cpu, openvino_session, sessions
 
     from ..flops import count_flops
 
-    sec.data["cpu"] = {"class": cpu.cpu_class(), "describe": cpu.describe(), "openvino": openvino_rt.version()}
+    sec.data["cpu"] = {"class": cpu.cpu_class(), "describe": cpu.describe(), "openvino": openvino_session.version()}
     # bf16 without hardware support is emulated (~100x slower here): a smaller matrix keeps that row short
     n_bf16 = 2048 if cpu.has("avx512_bf16") else 512
     peaks = {"ORT fp32 (section env)": ctx.shared.get("gemm_gflops"), "torch fp32": torch_gemm_peak("fp32"),
@@ -52,17 +52,17 @@ def section_cpu(ctx: Ctx, sec: Section) -> None:
             sec.row(table="GEMM peak", what=what, value=f"{v:.1f} GFLOP/s",
                     detail=f"{n_bf16 if 'bf16' in what else 2048}² matmul, best of runs" if what.startswith("torch")
                     else "ORT MatMul sweep")
-    _ben2(ctx, sec, runtimes, fp32_peak, peaks["torch bf16"], count_flops)
+    _ben2(ctx, sec, sessions, fp32_peak, peaks["torch bf16"], count_flops)
     _nudenet(ctx, sec)
     _florence(ctx, sec, cpu)
     _llama(sec, cpu)
-    sec.notes.append(f"This machine: {cpu.describe()}; OpenVINO {openvino_rt.version()}. 'auto' here: BEN2 "
-                     f"{runtimes.cpu_plan('ben2')}, NudeNet {runtimes.cpu_plan('nudenet')}, Florence-2 "
+    sec.notes.append(f"This machine: {cpu.describe()}; OpenVINO {openvino_session.version()}. 'auto' here: BEN2 "
+                     f"{sessions.cpu_plan('ben2')}, NudeNet {sessions.cpu_plan('nudenet')}, Florence-2 "
                      f"{cpu.florence_cpu_dtype()}. bf16 rows on a CPU without AMX show what really ran (OpenVINO may "
                      f"compile a bf16 request as f32 where it finds no bf16 support).")
 
 
-def _ben2(ctx, sec, runtimes, fp32_peak, bf16_peak, count_flops) -> None:
+def _ben2(ctx, sec, sessions, fp32_peak, bf16_peak, count_flops) -> None:
     path, int8 = ctx.paths["ben2"], ctx.paths.get("ben2_int8")
     runs = ctx.runs if ctx.quick else ctx.heavy_runs
     gflop = count_flops(path)["total"] / 1e9
@@ -87,7 +87,7 @@ def _ben2(ctx, sec, runtimes, fp32_peak, bf16_peak, count_flops) -> None:
                          runtime=runtime, env=env)
     ref = np.load(os.path.join(masks, "ort.npy"))
     sec.data["ben2"] = res
-    auto = runtimes.cpu_plan("ben2")
+    auto = sessions.cpu_plan("ben2")
     for key, runtime, model, _ in configs:
         p = res[key]
         m = np.load(os.path.join(masks, f"{key}.npy"))
@@ -96,7 +96,7 @@ def _ben2(ctx, sec, runtimes, fp32_peak, bf16_peak, count_flops) -> None:
         gf = gflop / p["steady_s"]
         peak = bf16_peak if "bf16" in p["device"] else fp32_peak
         kind = "bf16" if "bf16" in p["device"] else "fp32"
-        is_auto = (runtimes.cpu_plan("ben2", runtime, quantized=model == int8) == auto and model == path
+        is_auto = (sessions.cpu_plan("ben2", runtime, quantized=model == int8) == auto and model == path
                    and key != "ov-f32-cached")
         size = ctx.builds.get("ben2", {}).get("size", 1024)
         sec.row(table=f"BEN2 {size}² (fresh process per row{', QUICK reduced build' if ctx.quick else ''})", what=p["device"] + (" (INT8 file)" if key == "ort-int8" else "")
@@ -109,7 +109,7 @@ def _ben2(ctx, sec, runtimes, fp32_peak, bf16_peak, count_flops) -> None:
 
 
 def _nudenet(ctx, sec) -> None:
-    from safecut import nudenet
+    from safecut.engines import nudenet
 
     imgs = _photos()
     runs = max(3, ctx.runs)
@@ -135,7 +135,7 @@ def _nudenet(ctx, sec) -> None:
 
 
 def _florence(ctx, sec, cpu) -> None:
-    from safecut import florence
+    from safecut.engines import florence
 
     _quiet_transformers()
     path = ctx.paths.get("florence")
@@ -168,7 +168,7 @@ def _llama(sec, cpu) -> None:
     try:
         import llama_cpp
 
-        from safecut import guard
+        from safecut.engines import guard
 
         isa = guard.build_isa(llama_cpp.llama_print_system_info().decode())
     except Exception as exc:

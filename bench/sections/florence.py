@@ -9,7 +9,7 @@ from .base import Ctx, _fs, _pil, _quiet_transformers, _unload_all, make_images
 def section_florence(ctx: Ctx, sec: Section) -> None:
     import torch
 
-    from safecut import florence
+    from safecut.engines import florence
 
     from ..naive import NaiveFlorence
 

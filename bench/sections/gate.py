@@ -8,7 +8,7 @@ from .llama import _classifier
 
 # ---- keyword gate ----------------------------------------------------------------------------------------
 def section_gate(ctx: Ctx, sec: Section) -> None:
-    from safecut import gate
+    from safecut.engines import gate
 
     path = ctx.paths["llama_Q4_K_M"]
     kg = gate.KeywordGate()

@@ -19,7 +19,7 @@ def _classifier(path: str, **kw):
     timing is a real model's (verdict, then categories for UNSAFE captions)."""
     import inspect
 
-    from safecut.guard import SafetyClassifier
+    from safecut.engines.guard import SafetyClassifier
 
     if "min_answer_mass" in inspect.signature(SafetyClassifier.__init__).parameters:
         kw.setdefault("min_answer_mass", 0.0)
@@ -141,7 +141,7 @@ with quiet_fds():
     for _ in range({runs}):
         t = time.perf_counter(); llm.eval([toks[0]]); gen.append(time.perf_counter() - t)
     llm.close()
-    from safecut.guard import SafetyClassifier
+    from safecut.engines.guard import SafetyClassifier
     clf = SafetyClassifier({path!r}, threads=0, threshold=1.0)
     clf.classify(CAPTIONS[:1])
     per = []

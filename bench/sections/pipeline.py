@@ -51,7 +51,7 @@ def _write_images(ctx: Ctx, n: int, name: str) -> str:
 def run_variant(a: dict) -> dict:
     """In a fresh process (``python -m bench.sections.pipeline JSON``): one pipeline variant, warm-up on one
     image, then ``runs`` runs over the image folder; per-image times, stage times and the process's peak RSS."""
-    from safecut import pipeline
+    from safecut.app import pipeline
 
     from ..ben2_probe import peak_mb
 

@@ -49,7 +49,7 @@ def section_tune_ben2(ctx: Ctx, sec: Section) -> None:
 
 
 def section_tune_int8(ctx: Ctx, sec: Section) -> None:
-    from safecut.quantize import METHODS, quantize_ben2
+    from safecut.engines.ben2_quantize import METHODS, quantize_ben2
 
     path = ctx.paths["ben2"]
     x = np.random.default_rng(0).random((1, 3, 1024, 1024), dtype=np.float32)
@@ -148,7 +148,7 @@ def _bf16_vision(fm):
 def section_tune_florence(ctx: Ctx, sec: Section) -> None:
     import torch
 
-    from safecut import florence
+    from safecut.engines import florence
 
     _quiet_transformers()
     path = ctx.paths["florence"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from ..lazy import numpy as np
+from ..runtime.lazy import numpy as np
 
 from ..errors import BadInputError
 from .decode import _pil, decode_image

@@ -12,7 +12,7 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 
-from ..lazy import numpy as np
+from ..runtime.lazy import numpy as np
 
 from ..errors import BadInputError
 
@@ -27,7 +27,7 @@ _FIX = "Re-export it as PNG or JPEG, or remove it from the folder."
 
 # ---- Pillow --------------------------------------------------------------------------------------
 def _pil():
-    from ..deps import require
+    from ..runtime.deps import require
 
     require("PIL")
     from PIL import Image, ImageFile, ImageOps

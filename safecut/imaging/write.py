@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any, Callable
 
-from ..lazy import numpy as np
+from ..runtime.lazy import numpy as np
 
 from ..errors import BadInputError, SafeCutError
 from .decode import _pil

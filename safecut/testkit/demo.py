@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from ..quiet import output_to_log
+from ..runtime.quiet import output_to_log
 from ..userdirs import cache_dir as user_cache_dir
 
 TINY_BEN2 = "tiny-ben2.onnx"

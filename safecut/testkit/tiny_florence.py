@@ -1,7 +1,7 @@
 """A tiny Florence-2 (native transformers classes, random weights), built locally and deterministically.
 
 Same on-disk layout as the converted ``florence-community/Florence-2-*`` repos (``save_pretrained`` of
-``Florence2ForConditionalGeneration`` and ``Florence2Processor``), so :func:`safecut.florence.caption_images`
+``Florence2ForConditionalGeneration`` and ``Florence2Processor``), so :func:`safecut.engines.florence.caption_images`
 loads it offline exactly like a real model. The tokenizer is a byte-level BPE trained here on a few
 sentences; the image processor takes 64x64 images (4 patches + 1 pooled token). Under 5 MB on disk.
 

@@ -25,7 +25,7 @@ from collections import Counter
 
 import numpy as np
 
-from ..quiet import output_to_log
+from ..runtime.quiet import output_to_log
 from ..userdirs import cache_dir as user_cache_dir
 
 QUANTS = ["Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q8_0"]

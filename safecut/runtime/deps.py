@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 
-from .errors import MissingDependencyError
+from ..errors import MissingDependencyError
 
 # module -> (pip package, what for, install line)
 _KNOWN = {

@@ -9,9 +9,9 @@ import os
 import re
 from dataclasses import dataclass
 
-from . import modelfiles
-from .errors import BadInputError, ModelNotFoundError
-from .registry import REGISTRY
+from ..models import modelfiles
+from ..errors import BadInputError, ModelNotFoundError
+from ..models.registry import REGISTRY
 
 QUANTIZATIONS = ["Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q8_0"]
 DEFAULT_FAMILY = "Llama-Guard-3-1B"

@@ -14,7 +14,7 @@ OpenVINO reads the .onnx file directly. Three rules:
   code path for pre/post-processing, interrupt (between images) and unloading (dropping the last reference frees
   the compiled model).
 
-``python -m safecut.openvino_rt --probe f32|bf16`` is the child's entry point.
+``python -m safecut.runtime.openvino_session --probe f32|bf16`` is the child's entry point.
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from . import cpu, userdirs
+from . import cpu
+from .. import userdirs
 
 log = logging.getLogger("safecut.openvino")
 
@@ -56,7 +57,7 @@ def _key(precision: str) -> str:
 
 def probe_command(precision: str) -> list[str]:
     """The child process that compiles and checks a tiny model (tests replace it with one that crashes)."""
-    return [sys.executable, "-m", "safecut.openvino_rt", "--probe", precision]
+    return [sys.executable, "-m", "safecut.runtime.openvino_session", "--probe", precision]
 
 
 def usable(precision: str) -> tuple[bool, str]:

@@ -4,7 +4,7 @@ The model is NudeNet's YOLOv8 export: input ``images [batch,3,height,width]`` (R
 output ``[batch, 4 + 18, anchors]`` = box centre/size in model pixels, then one sigmoid score per label.
 By default the ``320n.onnx`` bundled inside the ``nudenet`` pip package is used (found with
 ``importlib.util.find_spec``: the package itself is never imported, it needs OpenCV); any other ``.onnx``
-(e.g. ``640m.onnx``) is looked up in ``models/nudenet`` through :mod:`safecut.modelfiles`.
+(e.g. ``640m.onnx``) is looked up in ``models/nudenet`` through :mod:`safecut.models.modelfiles`.
 
 Preprocessing mirrors NudeNet's own: the image keeps its aspect ratio, is scaled so its long side is the
 model size with plain bilinear sampling (OpenCV ``INTER_LINEAR`` geometry, no antialiasing, like the
@@ -32,14 +32,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
-from .lazy import numpy as np
+from ..runtime.lazy import numpy as np
 
-from . import modelfiles, providers, runtimes
-from .cache import ModelKey, get_cache
-from .errors import BadInputError, SafeCutError
-from .registry import REGISTRY
+from ..models import modelfiles
+from ..runtime import providers, sessions
+from ..runtime.cache import ModelKey, get_cache
+from ..errors import BadInputError, SafeCutError
+from ..models.registry import REGISTRY
 
-log = logging.getLogger("safecut.nudenet")
+log = logging.getLogger("safecut.engines.nudenet")
 
 # Label order of the NudeNet 3.4 models (class id = index); checked against the model's own metadata.
 LABELS: tuple[str, ...] = (
@@ -169,8 +170,8 @@ def _size_from_name(path: str) -> int:
 
 def load_model(path: str, device: str = "auto", threads: int = 0, *, strict: bool = False,
                runtime: str = "auto") -> NudeNetModel:
-    """``runtime``: the CPU runtime (safecut.runtimes.CHOICES; auto: what safecut.cpu measured fastest)."""
-    sess, choice = runtimes.create_session(path, device, engine="nudenet", runtime=runtime, threads=threads,
+    """``runtime``: the CPU runtime (safecut.runtime.sessions.CHOICES; auto: what safecut.runtime.cpu measured fastest)."""
+    sess, choice = sessions.create_session(path, device, engine="nudenet", runtime=runtime, threads=threads,
                                            strict=strict)
     inputs, outputs = sess.get_inputs(), sess.get_outputs()
     name = os.path.basename(path)
@@ -466,7 +467,7 @@ def detect(images: Sequence[np.ndarray], *, model: str = DEFAULT_MODEL, device: 
     t0 = time.perf_counter()
 
     def attempt(dev: str) -> NudeNetRun:
-        key = ModelKey("nudenet", path, providers.normalize(dev), runtimes.normalize(runtime),
+        key = ModelKey("nudenet", path, providers.normalize(dev), sessions.normalize(runtime),
                        providers.default_threads(threads))
         with cache.use(key, lambda: load_model(path, dev, threads, strict=strict, runtime=runtime), files=[path],
                        keep_loaded=keep_loaded) as m:

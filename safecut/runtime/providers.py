@@ -15,11 +15,11 @@ from dataclasses import dataclass, replace
 from typing import Callable, TypeVar
 
 from .deps import require
-from .errors import DeviceOutOfMemoryError, DeviceUnavailableError
+from ..errors import DeviceOutOfMemoryError, DeviceUnavailableError
 
 T = TypeVar("T")
 
-log = logging.getLogger("safecut.providers")
+log = logging.getLogger("safecut.runtime.providers")
 
 DEVICE_CHOICES = ["auto", "CPU", "CUDA"]
 _ORT_NAMES = {
@@ -40,7 +40,7 @@ class DeviceChoice:
     requested: str
     used: str            # "CPU", "CUDA", … what actually runs the model
     note: str = ""       # why it differs from the request, if it does
-    runtime: str = ""    # CPU runtime and numerics of an ONNX model, e.g. "OpenVINO bf16 (AMX)" (safecut.runtimes)
+    runtime: str = ""    # CPU runtime and numerics of an ONNX model, e.g. "OpenVINO bf16 (AMX)" (safecut.runtime.sessions)
 
     def describe(self) -> str:
         return self.used + (f" · {self.runtime}" if self.runtime else "") + (f" ({self.note})" if self.note else "")
@@ -226,7 +226,7 @@ def _fresh(cache_path: str, model_path: str) -> bool:
 
 
 def _explain_onnx_error(model, exc: Exception) -> Exception:
-    from .errors import SafeCutError
+    from ..errors import SafeCutError
 
     name = model if isinstance(model, str) else "<in-memory model>"
     return SafeCutError(f"ONNX model '{name}' could not be loaded ({type(exc).__name__}: {exc}). "

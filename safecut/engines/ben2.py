@@ -1,4 +1,4 @@
-"""BEN2 background removal on ONNX Runtime (CUDA, CPU) or OpenVINO (CPU; safecut.runtimes decides).
+"""BEN2 background removal on ONNX Runtime (CUDA, CPU) or OpenVINO (CPU; safecut.runtime.sessions decides).
 
 Input/output names, shapes and dtypes are read from the session (the published BEN2 ONNX declares a
 float16 output: it is cast to float32 before the min-max rescale, or the mask gets seams).
@@ -13,12 +13,14 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from .lazy import numpy as np
+from ..runtime.lazy import numpy as np
 
-from . import hugepages, modelfiles, providers, runtimes, userdirs
-from .cache import ModelKey, get_cache
-from .errors import BadInputError, SafeCutError
-from .registry import REGISTRY
+from ..runtime import hugepages, providers, sessions
+from ..models import modelfiles
+from .. import userdirs
+from ..runtime.cache import ModelKey, get_cache
+from ..errors import BadInputError, SafeCutError
+from ..models.registry import REGISTRY
 
 BACKGROUNDS = ["alpha", "white", "black", "custom"]
 DEFAULT_MODEL = "BEN2_Base.onnx"
@@ -121,9 +123,9 @@ def session_settings(path: str | None = None, cuda: bool = False) -> dict:
 
 def load_model(path: str, device: str = "auto", threads: int = 0, *, strict: bool = False,
                runtime: str = "auto") -> Ben2Model:
-    """``runtime``: the CPU runtime (safecut.runtimes.CHOICES); CUDA always runs ONNX Runtime."""
+    """``runtime``: the CPU runtime (safecut.runtime.sessions.CHOICES); CUDA always runs ONNX Runtime."""
     settings = session_settings(path, cuda="CUDAExecutionProvider" in providers.ort_provider_list(device))
-    sess, choice = runtimes.create_session(path, device, engine="ben2", runtime=runtime, threads=threads,
+    sess, choice = sessions.create_session(path, device, engine="ben2", runtime=runtime, threads=threads,
                                            strict=strict, quantized=is_quantized(path), cuda=CUDA_OPTIONS,
                                            optimized_cache=_optimized_cache_path(path), **settings)
     on_ort_cpu = choice.used == "CPU" and choice.runtime.startswith("ONNX Runtime")
@@ -244,7 +246,7 @@ def run_model(model: Ben2Model, images: list[np.ndarray], batch_size: int = 0,
 
 
 def model_key(path: str, device: str, threads: int = 0, runtime: str = "auto") -> ModelKey:
-    return ModelKey("ben2", path, providers.normalize(device), runtimes.normalize(runtime),
+    return ModelKey("ben2", path, providers.normalize(device), sessions.normalize(runtime),
                     providers.default_threads(threads))
 
 

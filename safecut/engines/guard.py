@@ -5,7 +5,7 @@ How a caption is judged
   the sanitized caption, and a short fixed *tail* (end of the turn + the assistant header). The prefix is
   evaluated once per loaded model and stays in the KV cache; for each caption the context is rewound to
   the end of the prefix and only caption + tail are evaluated. Llama Guard prompts are the official chat
-  template rendered with jinja2, token for token (see :mod:`safecut.guard_prompt`); the model's own first
+  template rendered with jinja2, token for token (see :mod:`safecut.engines.guard_prompt`); the model's own first
   output "\n\n" (it closes the assistant header) is evaluated before scoring.
 * The verdict comes from the next-token logits, Llama Guard's own scoring: P(unsafe) is the softmax mass
   of the first tokens of "unsafe"/" unsafe"/"Unsafe"… against that of "safe"/" safe"/"Safe"… . UNSAFE
@@ -15,7 +15,7 @@ How a caption is judged
 * Fail closed: a load error, a decoding error, non-finite logits, an empty caption… give UNSAFE with
   decided_by "error" and the error text. Never SAFE.
 
-Model choice lives in :mod:`safecut.guard_models`, prompts and captions in :mod:`safecut.guard_prompt`
+Model choice lives in :mod:`safecut.engines.guard_models`, prompts and captions in :mod:`safecut.engines.guard_prompt`
 (their public names are re-exported here).
 """
 from __future__ import annotations
@@ -31,12 +31,12 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Sequence
 
-from .lazy import numpy as np
+from ..runtime.lazy import numpy as np
 
-from . import cpu, providers
-from .cache import ModelKey, get_cache
-from .deps import require
-from .errors import BadInputError, DeviceUnavailableError, SafeCutError
+from ..runtime import cpu, providers
+from ..runtime.cache import ModelKey, get_cache
+from ..runtime.deps import require
+from ..errors import BadInputError, DeviceUnavailableError, SafeCutError
 from .guard_models import (  # noqa: F401  (re-exported: the classifier's public API)
     CUSTOM_PREFIX, DEFAULT_FAMILY, DEFAULT_QUANT, FAMILIES, QUANTIZATIONS, Family, ResolvedModel, candidate_names,
     canonical_name, family_choices, family_from_name, present_quantizations, quant_from_name, resolve_model)
@@ -44,9 +44,9 @@ from .guard_prompt import (  # noqa: F401
     DEFAULT_IMAGE_CATEGORIES, LLAMA_GUARD_CATEGORIES, MAX_CATEGORIES, MAX_REPORTED_CATEGORIES, PromptParts,
     Tokenize, build_prompt, category_grammar, detect_style, fit_caption, is_guard_template, parse_categories,
     render_guard, sanitize_caption, suffix_tokens)
-from .providers import DeviceChoice
+from ..runtime.providers import DeviceChoice
 
-log = logging.getLogger("safecut.guard")
+log = logging.getLogger("safecut.engines.guard")
 
 SAFE, UNSAFE = "SAFE", "UNSAFE"
 DEFAULT_N_CTX = 1024
@@ -233,7 +233,7 @@ def _check_build_isa(llama_cpp) -> str:
     if cpu.cpu_class() in ("AMX", "AVX-512") and not isa.startswith("AVX-512"):
         providers.warn_once(f"llama-cpp-python was built for {isa} but this CPU has AVX-512 ({cpu.describe()}); an "
                             f"AVX-512 build classifies ~1.5x faster: rebuild it with SAFECUT_BUILD_LLAMA=1 python "
-                            f"install.py (it adds the flags this CPU has) or CMAKE_ARGS=\"$(python -m safecut.cpu "
+                            f"install.py (it adds the flags this CPU has) or CMAKE_ARGS=\"$(python -m safecut.runtime.cpu "
                             f"--llama-cmake-args)\" pip install --force-reinstall --no-cache-dir llama-cpp-python")
     return isa
 

@@ -19,7 +19,8 @@ import os
 import re
 import threading
 
-from .errors import SafeCutError
+from ..errors import SafeCutError
+from .hashing import sha256_file
 
 LOCK_NAME = "safecut-models.lock.json"
 PINNED, LOCKED, UNVERIFIED = "pinned", "locked", "unverified"
@@ -78,8 +79,6 @@ def _hub_commit(download_dir: str, rel: str) -> str | None:
 
 
 def _entry(spec, model_path: str, source: str, commit: str | None) -> dict:
-    from .modelfiles import sha256_file
-
     files = {}
     for rf in unpinned(spec):
         f = _file(spec, model_path, rf)
@@ -113,8 +112,6 @@ def record(spec, model_path: str, entry: dict | None) -> None:
 def verify(spec, model_path: str) -> None:
     """Hook for modelfiles.check_files: check the unpinned files of ``spec`` against the lock; record them
     when the lock has no entry yet (trust on first use). sha256 once per (file, mtime, size) per process."""
-    from .modelfiles import sha256_file
-
     todo = unpinned(spec)
     if not todo:
         return

@@ -14,9 +14,9 @@ import os
 import sys
 import time
 
-from .userdirs import cache_dir
+from ..userdirs import cache_dir
 
-log = logging.getLogger("safecut.quiet")
+log = logging.getLogger("safecut.runtime.quiet")
 
 
 def log_dir() -> str:

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-log = logging.getLogger("safecut.cache")
+log = logging.getLogger("safecut.runtime.cache")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ e.g. a copy of ``florence-community/Florence-2-base-ft``. It is loaded once into
 gets the same caption, alone or in a batch.
 
 Precision: ``auto`` is fp16 on CUDA; on CPU bf16 where the CPU has AMX (measured x2.26 per image on an AMX Xeon)
-and fp32 elsewhere (safecut.cpu). bf16 asked for on a CPU without AMX is honoured with a warning (slower there);
+and fp32 elsewhere (safecut.runtime.cpu). bf16 asked for on a CPU without AMX is honoured with a warning (slower there);
 fp16 asked for on CPU runs fp32 (about 4x slower otherwise), with one warning and a note in the result.
 """
 from __future__ import annotations
@@ -20,14 +20,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .lazy import numpy as np
+from ..runtime.lazy import numpy as np
 
-from . import cpu, modelfiles, providers
-from .cache import ModelKey, get_cache
-from .deps import require
-from .errors import BadInputError, SafeCutError
+from ..runtime import cpu, providers
+from ..models import modelfiles
+from ..runtime.cache import ModelKey, get_cache
+from ..runtime.deps import require
+from ..errors import BadInputError, SafeCutError
 
-log = logging.getLogger("safecut.florence")
+log = logging.getLogger("safecut.engines.florence")
 
 DEFAULT_MODEL = "Florence-2-base-ft"
 TASKS: dict[str, str] = {

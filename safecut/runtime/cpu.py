@@ -10,7 +10,7 @@ The CPU class decides what ``auto`` runs on CPU (measured; bench section ``cpu``
 * ``baseline`` (no AVX2): ONNX Runtime f32.
 
 Pure Python, no imports beyond the standard library: install.py and scripts/setup.sh use it too, before any
-dependency exists (``python -m safecut.cpu --llama-cmake-args``). ``SAFECUT_CPU_FLAGS`` (space-separated
+dependency exists (``python -m safecut.runtime.cpu --llama-cmake-args``). ``SAFECUT_CPU_FLAGS`` (space-separated
 /proc/cpuinfo flags) replaces what the CPU reports, for tests and for checking a choice for another machine.
 """
 from __future__ import annotations
@@ -88,7 +88,7 @@ def bf16_fast() -> bool:
 def onnx_cpu_runtime(engine: str) -> tuple[str, str]:
     """(runtime, precision) that ``auto`` uses for an ONNX engine ('ben2', 'nudenet') on CPU: ('openvino', 'bf16'
     | 'f32') or ('onnxruntime', 'f32'). Only the preference: whether OpenVINO is installed and passed its crash
-    probe on this machine is decided where the session is made (safecut.runtimes).
+    probe on this machine is decided where the session is made (safecut.runtime.sessions).
 
     BEN2 (1024² stand-in, fresh process per run, paired A/B): OpenVINO f32 17.5 vs ORT fp32 21.1 s per image on a
     2-core AVX2 EPYC (2026-12-04), 6.6 vs 9.5 s on a 2-core AMX Xeon, where bf16 took 1.85 s. NudeNet 320n: ORT

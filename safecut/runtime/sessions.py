@@ -1,8 +1,8 @@
 """Which runtime runs an ONNX model (BEN2, NudeNet): ONNX Runtime on CUDA, and on CPU ONNX Runtime fp32 or
-OpenVINO f32/bf16, as :mod:`safecut.cpu` decides for this CPU (``auto``) or the user asks.
+OpenVINO f32/bf16, as :mod:`safecut.runtime.cpu` decides for this CPU (``auto``) or the user asks.
 
 The CUDA path is ONNX Runtime as before (an explicit CPU runtime choice does not touch it). On CPU, OpenVINO is
-used only when it is installed and passed its crash probe here (:mod:`safecut.openvino_rt`); otherwise ONNX
+used only when it is installed and passed its crash probe here (:mod:`safecut.runtime.openvino_session`); otherwise ONNX
 Runtime runs and the reason is said once and shown on the node. The returned DeviceChoice names what really ran,
 e.g. ``CPU · OpenVINO bf16 (AMX)`` or ``CPU · ONNX Runtime fp32``.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
-from . import cpu, openvino_rt, providers
+from . import cpu, openvino_session, providers
 
 # node widget choices (public contract: append only)
 CHOICES = ["auto", "ONNX Runtime", "OpenVINO f32", "OpenVINO bf16"]
@@ -57,10 +57,10 @@ def create_session(path: str, device: str = "auto", *, engine: str, runtime: str
             providers.warn_once(f"OpenVINO bf16 was asked for on a CPU without AMX ({cpu.describe()}): bf16 there is "
                                 f"slower than f32 or not supported at all (measured: 10.0 s vs 6.6 s f32 for BEN2 "
                                 f"1024² on an AVX-512 Xeon with AMX disabled); use auto or OpenVINO f32")
-        ok, why = openvino_rt.usable(precision)
+        ok, why = openvino_session.usable(precision)
         if ok:
             try:
-                sess = openvino_rt.OpenVINOSession(path, precision, providers.default_threads(threads))
+                sess = openvino_session.OpenVINOSession(path, precision, providers.default_threads(threads))
             except Exception as exc:   # a model OpenVINO cannot compile still runs, on ONNX Runtime
                 why = f"OpenVINO could not compile '{os.path.basename(path)}' ({type(exc).__name__}: {str(exc)[:200]})"
             else:

@@ -99,7 +99,7 @@ REGISTRY_LIST: list[ModelSpec] = [
             "c15d8273adad2d0a92f014cc69ab2d6c311a06777a55545f2c4eb46f51911f0f", license="AGPL-3.0 (weights)",
             url="https://github.com/notAI-tech/NudeNet/releases/download/v3.4-weights/320n.onnx",
             note="Also bundled with the nudenet pip package; SafeCut uses that copy when present."),
-    # --- florence2 entries (safecut/florence.py owner) ---
+    # --- florence2 entries (safecut/engines/florence.py owner) ---
     # Converted checkpoints for transformers' native Florence2 classes (>= 4.56, no remote code), pinned to a
     # revision. model.safetensors size/sha256 are the values public projects pin for these revisions; the
     # small JSON/text files are not LFS objects (no published sha256) and are fetched at the pinned revision.
@@ -109,7 +109,7 @@ REGISTRY_LIST: list[ModelSpec] = [
                 revision=rev, license="MIT", is_dir=True,
                 note=f"Florence-2 {v} (Microsoft), converted to transformers' native Florence2 format.")
       for v, rev, size, sha in _FLORENCE],
-    # --- llm entries (safecut/guard.py owner) ---
+    # --- llm entries (safecut/engines/guard.py owner) ---
     *_llm_entries(),
     # --- nudenet entries ---
     # NudeNet 3.4 YOLOv8m export, 640 px input, same 18 labels as 320n. Size/sha256 are the values several

@@ -1,6 +1,6 @@
 """Keyword gate: the early exit that settles clear cases without the LLM.
 
-Rules per caption (whole words and phrases, case-insensitive, any inflection: see :mod:`safecut.gate_words`):
+Rules per caption (whole words and phrases, case-insensitive, any inflection: see :mod:`safecut.engines.gate_words`):
 * NudeNet said unsafe                      -> UNSAFE (decided_by "nudenet")
 * an unsafe keyword matches                -> policy "review": UNDECIDED (the classifier decides; a
                                               "kitchen knife" product shot is not blocked by a word)

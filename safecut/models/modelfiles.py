@@ -1,6 +1,6 @@
 """Where model files live, how they are found, and how they are fetched (checksum-verified: against the
 registry's sha256 where public sources pin one, else against the lock written at the first download, see
-:mod:`safecut.modellock`).
+:mod:`safecut.models.modellock`).
 
 Inside ComfyUI the adapter layer registers SafeCut's folders with ``folder_paths`` and installs a
 folder provider here (``set_folder_provider``), so ``extra_model_paths.yaml`` works. Outside ComfyUI
@@ -8,7 +8,6 @@ folder provider here (``set_folder_provider``), so ``extra_model_paths.yaml`` wo
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -17,7 +16,8 @@ import threading
 from typing import Callable
 
 from . import modellock
-from .errors import ChecksumError, ModelNotFoundError, SafeCutError
+from .hashing import sha256_file
+from ..errors import ChecksumError, ModelNotFoundError, SafeCutError
 from .registry import REGISTRY, ModelSpec, RemoteFile
 
 log = logging.getLogger("safecut.models")
@@ -144,17 +144,6 @@ def resolve(kind: str, name: str, *, allow_download: bool | None = None) -> str:
 
 
 # ---- checksums -----------------------------------------------------------------------------------
-def sha256_file(path: str, chunk: int = 4 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
 def verify_file(path: str, rf: RemoteFile) -> None:
     """Size always (cheap, catches truncation); sha256 once per (path, mtime, size) per process."""
     st = os.stat(path)
@@ -233,7 +222,7 @@ class _HubLogsOnce:
 
 def _hub_download(repo_id: str, filename: str, revision: str | None, dest_dir: str) -> str:
     """The one network call (mocked in tests). Returns the downloaded file's path."""
-    from .deps import require
+    from ..runtime.deps import require
 
     hub = require("huggingface_hub")
     _check_resolvable(_hub_host())

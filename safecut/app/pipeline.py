@@ -12,15 +12,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from . import ben2, imaging
-from . import gate as gating  # 'gate' is also an option name
+from ..engines import ben2
+from .. import imaging
+from ..engines import gate as gating  # 'gate' is also an option name
 
 
 @dataclass
 class Options:
     ben2_model: str = ben2.DEFAULT_MODEL
     device: str = "auto"
-    cpu_runtime: str = "auto"     # BEN2 / NudeNet on CPU: safecut.runtimes.CHOICES
+    cpu_runtime: str = "auto"     # BEN2 / NudeNet on CPU: safecut.runtime.sessions.CHOICES
     threads: int = 0
     background: str = "alpha"
     refine_edges: bool = False
@@ -34,7 +35,7 @@ class Options:
     num_beams: int = 3
     nudenet: bool = False
     nudenet_model: str = "320n.onnx"
-    nudenet_threshold: float = 0.25   # NudeNet's own (safecut.nudenet.DEFAULT_THRESHOLD)
+    nudenet_threshold: float = 0.25   # NudeNet's own (safecut.engines.nudenet.DEFAULT_THRESHOLD)
     gate: bool = False
     policy: str = "review"
     safe_keywords: str = gating.DEFAULT_SAFE_KEYWORDS
@@ -63,7 +64,7 @@ def resolve_low_memory(setting, limit: int | None = None) -> bool:
     """True/False as given; "auto": True when the memory this process may use is known and below LOW_MEMORY_BELOW."""
     if setting != "auto":
         return bool(setting)
-    from . import memlimit
+    from ..runtime import memlimit
 
     limit = memlimit.limit_bytes() if limit is None else limit
     return 0 < limit < LOW_MEMORY_BELOW
@@ -85,7 +86,7 @@ class Summary:
 
 
 def _classifier(opts: Options):
-    from . import guard
+    from ..engines import guard
 
     return guard.SafetyClassifier.from_choice(
         opts.llm_model or opts.llm_family, opts.quantization, n_gpu_layers=opts.n_gpu_layers,
@@ -133,7 +134,7 @@ def run(input_dir: str, out_dir: str, opts: Options | None = None,
 
 def preflight(opts: Options) -> None:
     """Find (or fetch) every model before the first image: a missing model is one clear error, not N."""
-    from . import modelfiles
+    from ..models import modelfiles
 
     modelfiles.resolve("ben2", opts.ben2_model)
     if opts.caption:
@@ -175,7 +176,7 @@ def _run_models(lines, frames, out_dir, opts: Options, keyword_gate, classifier)
     devices = {"ben2": cut.device.describe()}
     captions = [""] * len(frames)
     if opts.caption:
-        from . import florence
+        from ..engines import florence
 
         t = time.perf_counter()
         res = florence.caption_images(frames, opts.florence_model, task=opts.task, device=opts.device,
@@ -187,7 +188,7 @@ def _run_models(lines, frames, out_dir, opts: Options, keyword_gate, classifier)
     nude = [None] * len(frames)
     nude_info: list[dict | None] = [None] * len(frames)
     if opts.nudenet:
-        from . import nudenet
+        from ..engines import nudenet
 
         t = time.perf_counter()
         nres = nudenet.detect(frames, model=opts.nudenet_model, device=opts.device, threshold=opts.nudenet_threshold,

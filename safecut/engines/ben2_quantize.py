@@ -29,11 +29,11 @@ import os
 import tempfile
 from contextlib import contextmanager
 
-from . import modelfiles
-from .deps import require
-from .errors import SafeCutError
+from ..models import modelfiles
+from ..runtime.deps import require
+from ..errors import SafeCutError
 
-log = logging.getLogger("safecut.quantize")
+log = logging.getLogger("safecut.engines.ben2_quantize")
 
 METHODS = {
     # name: (op types, per_channel); "static" is calibrated QDQ, the others quantize_dynamic

@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from . import contract as C
+from .. import contract as C
 
 # The workflows read this folder of ComfyUI's input/ (the loader node creates it on first use), not all of
 # input/, which holds ComfyUI's example.png and every earlier upload.
@@ -239,7 +239,7 @@ def ui_to_api(ui: dict, ct: dict | None = None) -> dict:
 # ---- validation -----------------------------------------------------------------------------------------
 def validate_api(api: dict, ct: dict | None = None) -> list[str]:
     """Every node known, every required input present, every widget value valid for its INPUT_TYPES."""
-    from .registry import REGISTRY
+    from ..models.registry import REGISTRY
 
     ct = ct or C.load()
     errors = []

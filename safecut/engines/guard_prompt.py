@@ -17,7 +17,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from .errors import BadInputError, SafeCutError
+from ..errors import BadInputError, SafeCutError
 
 MAX_CATEGORIES = 20
 MAX_REPORTED_CATEGORIES = 3   # the continuation lists at most this many codes (grammar-bounded)

@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from . import runtimes
+from ..runtime import sessions
 
 
 def _bar(done: int, total: int, name: str, t0: float) -> None:
@@ -22,7 +22,7 @@ def _bar(done: int, total: int, name: str, t0: float) -> None:
 
 
 def cmd_run(a) -> int:
-    from . import quiet
+    from ..runtime import quiet
 
     if not a.verbose:
         quiet.library_defaults()   # before pipeline imports transformers
@@ -33,7 +33,7 @@ def cmd_run(a) -> int:
     if a.offline:
         os.environ["SAFECUT_OFFLINE"] = "1"
     if a.tiny_models:
-        from .testkit import demo
+        from ..testkit import demo
 
         tiny = demo.prepare(a.models or None, florence=a.caption, llm=a.classify)
         os.environ["SAFECUT_MODELS_DIR"] = tiny["models_dir"]
@@ -69,8 +69,8 @@ def cmd_run(a) -> int:
 
 
 def cmd_models(a) -> int:
-    from . import modelfiles
-    from .registry import REGISTRY
+    from ..models import modelfiles
+    from ..models.registry import REGISTRY
 
     if a.models:
         os.environ["SAFECUT_MODELS_DIR"] = os.path.abspath(a.models)
@@ -87,7 +87,7 @@ def cmd_models(a) -> int:
     if a.action == "fetch":
         names = list(a.names)
         if a.profile:
-            from .profiles import PROFILES
+            from ..models.profiles import PROFILES
 
             names += PROFILES[a.profile]
         if not names:
@@ -107,7 +107,8 @@ def cmd_models(a) -> int:
                 rc = 1
         return rc
     if a.action == "verify":
-        from . import modellock
+        from ..models import modellock
+        from ..models.hashing import sha256_file
 
         rc = 0
         for kind in modelfiles.FOLDERS:
@@ -118,7 +119,7 @@ def cmd_models(a) -> int:
                     if spec:
                         modelfiles.check_files(spec, path)  # a first use: records unlocked files (TOFU)
                     states = modellock.status(spec, path)
-                    digest = modelfiles.sha256_file(path) if os.path.isfile(path) else "(directory)"
+                    digest = sha256_file(path) if os.path.isfile(path) else "(directory)"
                     print(f"ok  {kind}/{name}  sha256={digest}")
                     for f, state in states:
                         print(f"      {state:10s} {f}")
@@ -129,7 +130,7 @@ def cmd_models(a) -> int:
               "load (safecut-models.lock.json); unverified: not a registry file (nothing to check it against)")
         return rc
     if a.action == "quantize":
-        from .quantize import quantize_ben2
+        from ..engines.ben2_quantize import quantize_ben2
 
         out = quantize_ben2(a.names[0], a.output, method=a.method, calibration=a.calibration)
         print(out)
@@ -150,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tiny-models", action="store_true",
                    help="build and use tiny random-weight models (no downloads; for trying the plumbing)")
     r.add_argument("--device", default="auto", choices=["auto", "CPU", "CUDA"])
-    r.add_argument("--cpu-runtime", default="auto", choices=runtimes.CHOICES,
+    r.add_argument("--cpu-runtime", default="auto", choices=sessions.CHOICES,
                    help="BEN2 and NudeNet on CPU (auto: the path measured fastest for this CPU; README 'Which CPU')")
     r.add_argument("--threads", type=int, default=0)
     r.add_argument("--batch-size", type=int, default=4)
@@ -215,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     if argv is None and a.func is cmd_run:  # the heavy job, as a program: BEN2 runs faster on huge pages
-        from . import hugepages
+        from ..runtime import hugepages
 
         hugepages.reexec_with_huge_pages()
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(levelname)s %(message)s")
