@@ -42,8 +42,9 @@ class SafeCutFlorence2Caption:
             "device": DEVICE,
             "precision": combo(florence.PRECISIONS, "auto",
                                "auto: fp16 on CUDA; on CPU bf16 where the CPU has AMX (about 2x faster there), "
-                               "else fp32. bf16 on a CPU without AMX runs with a warning (about 4x slower); fp16 "
-                               "on CPU runs fp32. The precision actually used is shown in 'info'."),
+                               "else fp32. bf16 on a CPU without AVX512-BF16/AMX would be emulated (about 4x "
+                               "slower): fp32 runs and 'info' says so; fp16 on CPU runs fp32. The precision "
+                               "actually used is shown in 'info'."),
             "max_new_tokens": ("INT", {"default": 0, "min": 0, "max": 1024, "tooltip":
                                "Longest caption in tokens; bounds the time per batch. 0 = the task's default "
                                "(caption 64, detailed caption 256, more detailed caption 512). 'info' says when a "

@@ -152,6 +152,7 @@ def test_tasks_map_to_florence_tokens():
 
 AMX = "avx2 fma avx512f avx512cd avx512vl avx512dq avx512bw avx512_bf16 amx_bf16 amx_tile"
 ZEN4 = "avx2 fma avx512f avx512cd avx512vl avx512dq avx512bw avx512_bf16 avx512_vnni"
+ICE_LAKE = "avx2 fma avx512f avx512cd avx512vl avx512dq avx512bw avx512_vnni avx512vbmi"
 
 
 def test_cpu_precision_follows_the_cpu_class(monkeypatch):
@@ -160,8 +161,12 @@ def test_cpu_precision_follows_the_cpu_class(monkeypatch):
     assert florence.resolve_precision("fp32", "CPU") == ("fp32", "")
     monkeypatch.setenv("SAFECUT_CPU_FLAGS", ZEN4)                          # avx512_bf16 without AMX: fp32
     assert florence.resolve_precision("auto", "CPU") == ("fp32", "")
-    dtype, note = florence.resolve_precision("bf16", "CPU")               # an explicit bf16 is honoured, said
+    dtype, note = florence.resolve_precision("bf16", "CPU")               # native bf16: honoured, said
     assert dtype == "bf16" and "without AMX" in note
+    for no_bf16 in (ICE_LAKE, "avx avx2 fma f16c"):                        # emulated bf16 is never run: fp32
+        monkeypatch.setenv("SAFECUT_CPU_FLAGS", no_bf16)
+        dtype, note = florence.resolve_precision("bf16", "CPU")
+        assert dtype == "fp32" and note == "bf16 asked: emulated on this CPU (about 4x slower), ran fp32"
 
 
 def test_bf16_on_cpu_really_runs_bf16(flo_models, monkeypatch):

@@ -152,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="build and use tiny random-weight models (no downloads; for trying the plumbing)")
     r.add_argument("--device", default="auto", choices=["auto", "CPU", "CUDA"])
     r.add_argument("--cpu-runtime", default="auto", choices=sessions.CHOICES,
-                   help="BEN2 and NudeNet on CPU (auto: the path measured fastest for this CPU; README 'Which CPU')")
+                   help="BEN2 and NudeNet on CPU (auto: the path measured fastest for this CPU; README 'Which CPU'). "
+                        "OpenVINO bf16 on a CPU without AVX512-BF16/AMX would be emulated (x27 slower): f32 runs "
+                        "and the report says so")
     r.add_argument("--threads", type=int, default=0)
     r.add_argument("--batch-size", type=int, default=4)
     r.add_argument("--pattern", default="*")
@@ -162,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--caption", action="store_true", help="Florence-2 caption")
     r.add_argument("--florence-model", default="Florence-2-base-ft")
     r.add_argument("--task", default="caption", choices=["caption", "detailed caption", "more detailed caption"])
-    r.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    r.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="Florence-2 (auto: bf16 with AMX, else fp32 on CPU; bf16 on a CPU without AVX512-BF16/AMX "
+                        "would be emulated, about 4x slower: fp32 runs and the report says so)")
     r.add_argument("--max-new-tokens", type=int, default=0, help="0: the task's default")
     r.add_argument("--num-beams", type=int, default=3)
     r.add_argument("--nudenet", action="store_true", help="NudeNet detector (an unsafe hit decides UNSAFE)")

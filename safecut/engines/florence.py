@@ -7,7 +7,8 @@ e.g. a copy of ``florence-community/Florence-2-base-ft``. It is loaded once into
 gets the same caption, alone or in a batch.
 
 Precision: ``auto`` is fp16 on CUDA; on CPU bf16 where the CPU has AMX (measured x2.26 per image on an AMX Xeon)
-and fp32 elsewhere (safecut.runtime.cpu). bf16 asked for on a CPU without AMX is honoured with a warning (slower there);
+and fp32 elsewhere (safecut.runtime.cpu). bf16 asked for on a CPU without AVX512-BF16/AMX (emulated) runs fp32 and
+says so; with AVX512-BF16 but no AMX it is honoured with a warning (slower there);
 fp16 asked for on CPU runs fp32 (about 4x slower otherwise), with one warning and a note in the result.
 """
 from __future__ import annotations
@@ -114,9 +115,14 @@ def resolve_precision(precision: str, device_used: str) -> tuple[str, str]:
     if device_used != "CUDA":
         if p == "auto":
             return cpu.florence_cpu_dtype(), ""   # bf16 with AMX tiles (measured x2.26), fp32 elsewhere
-        if p == "bf16" and not cpu.bf16_fast():   # honoured, but said: without AMX bf16 matmuls are emulated
-            providers.warn_once(f"Florence-2 in bf16 on a CPU without AMX ({cpu.describe()}) runs {BF16_NO_AMX}; "
-                                f"precision auto picks fp32 here")
+        if p == "bf16" and not cpu.bf16_native():   # emulated bf16 never runs silently: fp32, said on the node
+            note = "bf16 asked: emulated on this CPU (about 4x slower), ran fp32"
+            providers.warn_once(f"Florence-2 in bf16 on a CPU without AVX512-BF16 or AMX ({cpu.describe()}) would be "
+                                f"emulated, {BF16_NO_AMX}: running fp32 (what auto runs here)")
+            return "fp32", note
+        if p == "bf16" and not cpu.bf16_fast():   # native AVX512-BF16 without AMX: honoured, but said
+            providers.warn_once(f"Florence-2 in bf16 on a CPU without AMX ({cpu.describe()}) is slower than fp32 "
+                                f"there; precision auto picks fp32")
             return "bf16", "bf16 without AMX: slower than fp32"
         if p == "fp16":
             note = "fp16 requested: CPU runs fp32"

@@ -85,6 +85,18 @@ def bf16_fast() -> bool:
     return cpu_class() == "AMX"
 
 
+def bf16_native() -> bool:
+    """The CPU computes bf16 itself (AVX512-BF16 dot products or AMX tiles). Without either, OpenVINO and oneDNN
+    emulate bf16 through f32 conversions: ×27 slower than f32 for BEN2 on an Ice Lake Xeon (259.8 vs 9.8 s per
+    1024² image, 2026-12-07), ×4 for Florence-2 on an AVX2 EPYC; SafeCut then runs f32 and says so."""
+    return has("avx512_bf16") or has("amx_bf16")
+
+
+# measured cost of emulated bf16, named where a bf16 request is turned into f32 (node, CLI, log, help pages)
+BF16_EMULATED_BEN2 = ("×27 slower than f32 where the CPU has no AVX512-BF16/AMX (BEN2 1024²: 259.8 vs 9.8 s per "
+                      "image on a 2-core Ice Lake Xeon, 2026-12-07)")
+
+
 def onnx_cpu_runtime(engine: str) -> tuple[str, str]:
     """(runtime, precision) that ``auto`` uses for an ONNX engine ('ben2', 'nudenet') on CPU: ('openvino', 'bf16'
     | 'f32') or ('onnxruntime', 'f32'). Only the preference: whether OpenVINO is installed and passed its crash

@@ -39,6 +39,14 @@ def cpu_plan(engine: str, runtime: str = "auto", quantized: bool = False) -> tup
     return cpu.onnx_cpu_runtime(engine)
 
 
+BF16_EMULATED_SHORT = "×27 slower"
+
+
+def effective_precision(precision: str) -> str:
+    """The OpenVINO precision that really runs for a request: bf16 only where the CPU computes it natively."""
+    return "f32" if precision == "bf16" and not cpu.bf16_native() else precision
+
+
 def _label(precision: str) -> str:
     return f"OpenVINO {precision}" + (" (AMX)" if precision == "bf16" and cpu.has("amx_bf16") else "")
 
@@ -53,10 +61,15 @@ def create_session(path: str, device: str = "auto", *, engine: str, runtime: str
     want, precision = cpu_plan(engine, r, quantized)
     note = ""
     if want == "openvino":
-        if precision == "bf16" and not cpu.bf16_fast():
+        asked, precision = precision, effective_precision(precision)
+        if asked != precision:   # emulated bf16: never run silently (×27 slower for BEN2); f32 runs, and says so
+            providers.warn_once(f"OpenVINO bf16 was asked for {engine} on a CPU without AVX512-BF16 or AMX "
+                                f"({cpu.describe()}): bf16 is emulated there, {cpu.BF16_EMULATED_BEN2}. Running "
+                                f"OpenVINO f32 instead (what auto runs here)")
+        elif precision == "bf16" and not cpu.bf16_fast():
             providers.warn_once(f"OpenVINO bf16 was asked for on a CPU without AMX ({cpu.describe()}): bf16 there is "
-                                f"slower than f32 or not supported at all (measured: 10.0 s vs 6.6 s f32 for BEN2 "
-                                f"1024² on an AVX-512 Xeon with AMX disabled); use auto or OpenVINO f32")
+                                f"slower than f32 (measured: 10.0 s vs 6.6 s f32 for BEN2 1024² on an AVX-512 Xeon "
+                                f"with AMX disabled); use auto or OpenVINO f32")
         ok, why = openvino_session.usable(precision)
         if ok:
             try:
@@ -66,7 +79,9 @@ def create_session(path: str, device: str = "auto", *, engine: str, runtime: str
             else:
                 choice = providers.cpu_choice(device, strict)
                 label = _label(sess.precision)
-                if sess.precision != precision:
+                if asked != precision:
+                    label += f" (bf16 asked: emulated on this CPU, {BF16_EMULATED_SHORT})"
+                elif sess.precision != precision:
                     label += f", {precision} not supported by this CPU"
                 return sess, replace(choice, runtime=label)
         providers.warn_once(f"OpenVINO {precision} not used for {engine}: {why}; running ONNX Runtime fp32")
