@@ -627,7 +627,7 @@ def _violations(path: str, root: str = ROOT) -> list[str]:
 
 def test_shipped_code_has_no_remote_code_pickles_eval_installs_or_stray_downloads():
     files = shipped_files()
-    assert os.path.join(ROOT, "safecut", "florence.py") in files and len(files) > 20
+    assert os.path.join(ROOT, "safecut", "engines", "florence.py") in files and len(files) > 20
     bad = [v for f in files for v in _violations(f)]
     assert not bad, "security rules broken in shipped code:\n" + "\n".join(bad)
 
@@ -656,7 +656,7 @@ def test_the_scanner_catches_what_it_should(tmp_path):
 
 
 def test_florence_loads_safetensors_only():
-    src = open(os.path.join(ROOT, "safecut", "florence.py"), encoding="utf-8").read()
+    src = open(os.path.join(ROOT, "safecut", "engines", "florence.py"), encoding="utf-8").read()
     assert "use_safetensors=True" in src, "florence.load_model must pass use_safetensors=True to from_pretrained"
     assert florence._WEIGHT_PATTERNS == ("*.safetensors",)
 
@@ -711,7 +711,7 @@ def test_the_only_child_process_is_the_openvino_probe():
 
     from safecut.runtime import openvino_session
 
-    src = open(os.path.join(ROOT, "safecut", "openvino_session.py"), encoding="utf-8").read()
+    src = open(os.path.join(ROOT, "safecut", "runtime", "openvino_session.py"), encoding="utf-8").read()
     calls = [n for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
              and isinstance(n.func.value, ast.Name) and n.func.value.id == "subprocess"]
     assert [c.func.attr for c in calls] == ["run"] and ast.unparse(calls[0].args[0]) == "cmd"
