@@ -45,16 +45,17 @@ def crash_with(code: str):
 
 
 # ---- what the CPU class decides -------------------------------------------------------------------
-@pytest.mark.parametrize("text, cls, ben2_rt, florence, native", [
-    (AMX_XEON, "AMX", ("openvino", "bf16"), "bf16", True),
-    (ZEN4, "AVX-512", ("openvino", "f32"), "fp32", True),
-    (ICE_LAKE, "AVX-512", ("openvino", "f32"), "fp32", False),
-    (AVX2, "AVX2", ("openvino", "f32"), "fp32", False),
-    ("sse4_2", "baseline", ("onnxruntime", "f32"), "fp32", False),
+@pytest.mark.parametrize("text, cls, ben2_rt, lower, florence, native", [
+    (AMX_XEON, "AMX", ("openvino", "f32"), "bf16", "bf16", True),
+    (ZEN4, "AVX-512", ("openvino", "f32"), "int8", "fp32", True),
+    (ICE_LAKE, "AVX-512", ("openvino", "f32"), "int8", "fp32", False),
+    (AVX2, "AVX2", ("openvino", "f32"), None, "fp32", False),
+    ("sse4_2", "baseline", ("onnxruntime", "f32"), None, "fp32", False),
 ])
-def test_cpu_class_decides_the_auto_numerics(flags, text, cls, ben2_rt, florence, native):
+def test_cpu_class_decides_the_auto_numerics(flags, text, cls, ben2_rt, lower, florence, native):
     flags(text)
     assert cpu.cpu_class() == cls
+    assert cpu.ben2_lower_precision() == lower   # only ever run after the quality probe passed (ben2_precision)
     assert cpu.bf16_native() == native   # AVX512-BF16 or AMX: bf16 is computed, not emulated
     assert sessions.effective_precision("bf16") == ("bf16" if native else "f32")
     assert cpu.florence_cpu_dtype() == florence

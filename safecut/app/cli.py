@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -106,6 +105,8 @@ def cmd_models(a) -> int:
                 print(f"safecut: {exc}", file=sys.stderr)
                 rc = 1
         return rc
+    if a.action == "verify" and a.precision:
+        return _verify_precision(a)
     if a.action == "verify":
         from ..models import modellock
         from ..models.hashing import sha256_file
@@ -132,10 +133,32 @@ def cmd_models(a) -> int:
     if a.action == "quantize":
         from ..engines.ben2_quantize import quantize_ben2
 
-        out = quantize_ben2(a.names[0], a.output, method=a.method, calibration=a.calibration)
+        if len(a.names) != 1:
+            print("safecut: name one BEN2 model to quantize, e.g. `python -m safecut models quantize "
+                  "BEN2_Base.onnx`", file=sys.stderr)
+            return 2
+        out = quantize_ben2(a.names[0], a.output, calibration=a.calibration)
         print(out)
         return 0
     return 2
+
+
+def _verify_precision(a) -> int:
+    """The quality probe on demand: BEN2 in ``--precision`` against f32 on the probe photos (or --photos DIR)."""
+    from ..engines import ben2
+
+    rc = 0
+    for name in a.names or [ben2.DEFAULT_MODEL]:
+        try:
+            v = ben2.verify_precision(name, a.precision, folder=a.photos)
+        except Exception as exc:
+            print(f"safecut: {exc}", file=sys.stderr)
+            rc = 1
+            continue
+        speed = f"{v['s_per_image']:.2f} vs f32 {v['f32_s_per_image']:.2f} s per image ({v['ran_as']})"
+        print(f"{'PASS' if v['passed'] else 'FAIL'}  {name} {a.precision}: {v['why']}; {speed}")
+        rc = rc or (0 if v["passed"] else 1)
+    return rc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,10 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("names", nargs="*")
     m.add_argument("--profile", choices=["cpu-fast", "cpu-full", "gpu-full"])
     m.add_argument("--models", help="models root (default: $SAFECUT_MODELS_DIR or ./models)")
-    m.add_argument("--output", help="quantize: output file")
-    m.add_argument("--method", default="static", help="quantize: static (calibrated QDQ, default), matmul, "
-                                                      "matmul-per-channel, matmul+conv (dynamic)")
-    m.add_argument("--calibration", help="quantize (static): a folder of a few of your images to calibrate on")
+    m.add_argument("--output", help="quantize: the OpenVINO IR (.xml) to write (default: beside the model, in "
+                                    "safecut-int8/, where 'OpenVINO int8' and auto find it)")
+    m.add_argument("--calibration", help="quantize: a folder of a few of your photos to calibrate on (default: the "
+                                         "photos that ship with SafeCut)")
+    m.add_argument("--precision", choices=["int8", "bf16"],
+                   help="verify: run the quality probe for BEN2 in this precision against f32 (masks on the probe "
+                        "photos: IoU, mean |Δ|, edge p95) and record the verdict auto follows")
+    m.add_argument("--photos", help="verify --precision: a folder of your own photos instead of the shipped ones")
     m.set_defaults(func=cmd_models)
 
     try:

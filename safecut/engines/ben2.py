@@ -10,15 +10,16 @@ import hashlib
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from ..runtime.lazy import numpy as np
 
 from ..runtime import hugepages, providers, sessions
-from ..models import modelfiles
+from ..models import modelfiles, quantized_store
 from .. import userdirs
 from ..runtime.cache import ModelKey, get_cache
+from . import ben2_precision
 from ..errors import BadInputError, SafeCutError
 from ..models.registry import REGISTRY
 
@@ -114,6 +115,19 @@ def is_quantized(path: str) -> bool:
     return b"\x12\x0donnx.quantize" in head   # tag: field 2, length-delimited; length 13
 
 
+def _int8_model(path: str, runtime: str) -> str | None:
+    """The OpenVINO INT8 IR for ``OpenVINO int8``: made once by command (minutes and several GB of RAM: never
+    mid-workflow inside ComfyUI, where it could take a 4 GB worker down), so a missing one is a clear error."""
+    if sessions.normalize(runtime) != "OpenVINO int8":
+        return None
+    ir = quantized_store.int8_path(path)
+    if not os.path.isfile(ir):
+        raise SafeCutError(f"BEN2 'OpenVINO int8' needs the INT8 model of '{os.path.basename(path)}', which is not "
+                           f"made yet (expected {ir}). Make it once with: {quantized_store.make_command(path)} "
+                           f"(then check it: python -m safecut models verify --precision int8), or pick auto.")
+    return ir
+
+
 def session_settings(path: str | None = None, cuda: bool = False) -> dict:
     """``cuda``: the session will ask for the CUDA provider (a fallback to CPU then runs without the memory
     pattern, as the quantized model does: the mmap threshold below keeps that fast)."""
@@ -127,7 +141,8 @@ def load_model(path: str, device: str = "auto", threads: int = 0, *, strict: boo
     settings = session_settings(path, cuda="CUDAExecutionProvider" in providers.ort_provider_list(device))
     sess, choice = sessions.create_session(path, device, engine="ben2", runtime=runtime, threads=threads,
                                            strict=strict, quantized=is_quantized(path), cuda=CUDA_OPTIONS,
-                                           optimized_cache=_optimized_cache_path(path), **settings)
+                                           optimized_cache=_optimized_cache_path(path),
+                                           ov_model=_int8_model(path, runtime), **settings)
     on_ort_cpu = choice.used == "CPU" and choice.runtime.startswith("ONNX Runtime")
     if not settings["mem_pattern"] and on_ort_cpu:              # per-tensor mallocs on every call
         hugepages.pin_mmap_threshold()                          # reuse heap blocks from the first call on
@@ -178,6 +193,14 @@ def preprocess(images: list[np.ndarray], model: Ben2Model) -> np.ndarray:
     x -= model.mean
     x /= model.std
     return x if model.input_dtype == np.float32 else x.astype(model.input_dtype)
+
+
+def calibration_feeds(path: str, images: list, size_hw: tuple[int, int]) -> list[np.ndarray]:
+    """One [1,3,H,W] input per image, preprocessed exactly as this engine does (the INT8 quantizer's data)."""
+    pre = preprocess_params(path)
+    m = Ben2Model(None, "", "", np.float32, size_hw, False, np.asarray(pre["mean"], np.float32).reshape(1, 3, 1, 1),
+                  np.asarray(pre["std"], np.float32).reshape(1, 3, 1, 1), None, path)
+    return [preprocess([im], m) for im in images]
 
 
 def postprocess(raw: np.ndarray, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
@@ -272,6 +295,7 @@ def remove_background(images: list[np.ndarray], model: str = DEFAULT_MODEL, *, d
     cache = get_cache()
     loads_before = cache.stats()["load_seconds"]
     t0 = time.perf_counter()
+    runtime, auto_note = _resolve_auto(path, device, threads, runtime, progress)
 
     def attempt(dev: str) -> Ben2Run:
         key = model_key(path, dev, threads, runtime)
@@ -285,9 +309,33 @@ def remove_background(images: list[np.ndarray], model: str = DEFAULT_MODEL, *, d
                 m.measured_bytes = max(1, _peak_rss_bytes() - m.measured_bytes_base)
                 cache.resize(key, estimated_bytes(m))
             choice = m.device
+        if auto_note and choice.used == "CPU":
+            choice = replace(choice, runtime=f"{choice.runtime} ({auto_note})")
         return Ben2Run(masks, choice, time.perf_counter() - t0, cache.stats()["load_seconds"] - loads_before)
 
     return providers.oom_guard("BEN2", device, attempt, strict=strict)
+
+
+def _probe_runner(path: str, threads: int):
+    """What the quality probe runs: this engine on the probe photos, one explicit CPU runtime at a time."""
+    def run(images: list, runtime: str) -> tuple[list, float, str]:
+        r = remove_background(images, path, device="CPU", threads=threads, runtime=runtime, keep_loaded=False)
+        return r.masks, r.seconds - r.load_seconds, r.device.runtime
+    return run
+
+
+def _resolve_auto(path: str, device: str, threads: int, runtime: str, progress) -> tuple[str, str]:
+    """``auto`` on CPU: the class's lower precision where these weights passed the quality probe, else f32."""
+    if sessions.normalize(runtime) != "auto" or "CUDAExecutionProvider" in providers.ort_provider_list(device):
+        return runtime, ""
+    return ben2_precision.resolve_auto(path, _probe_runner(path, threads))
+
+
+def verify_precision(model: str, precision: str, *, folder: str | None = None, threads: int = 0,
+                     progress: Callable[[int], None] | None = None) -> dict:
+    """``python -m safecut models verify --precision``: run the quality probe now and record its verdict."""
+    path = modelfiles.resolve("ben2", model)
+    return ben2_precision.verify(path, precision, _probe_runner(path, threads), folder=folder, progress=progress)
 
 
 # ---- compositing -------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ import os
 import re
 from typing import Iterable, Sequence
 
-VOCAB_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "benign_words.txt")
+from .. import DATA_DIR
+
+VOCAB_PATH = os.path.join(DATA_DIR, "benign_words.txt")
 FUNCTION_GROUP = "function words"
 _TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
 _APOSTROPHE_S = re.compile(r"['’]s\b")

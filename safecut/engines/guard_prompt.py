@@ -17,6 +17,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from .. import DATA_DIR
 from ..errors import BadInputError, SafeCutError
 
 MAX_CATEGORIES = 20
@@ -124,7 +125,7 @@ class PromptParts:
     #                            assistant header the template leaves open)
 
 
-GUARD_TEMPLATE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "llama_guard_3_1b.jinja")
+GUARD_TEMPLATE_PATH = os.path.join(DATA_DIR, "llama_guard_3_1b.jinja")
 _SLOT = "\x00caption\x00"   # stands for the caption while rendering: sanitized captions never hold NUL
 _SPECIAL_TOKEN_TEXT = re.compile(r"<\|[^<>|]{1,64}\|>|</?s>")
 

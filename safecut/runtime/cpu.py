@@ -2,9 +2,10 @@
 
 The CPU class decides what ``auto`` runs on CPU (measured; bench section ``cpu`` and README "Which CPU"):
 
-* ``AMX`` (Xeon Sapphire Rapids and later: amx_bf16): BEN2 on OpenVINO bf16, Florence-2 in bf16.
+* ``AMX`` (Xeon Sapphire Rapids and later: amx_bf16): BEN2 on OpenVINO bf16 once the quality probe passed on the
+  user's weights, Florence-2 in bf16.
 * ``AVX-512`` (AVX-512F, with or without AVX512-BF16, no AMX: Zen 4/5, Ice Lake, Cascade Lake): BEN2 on OpenVINO
-  f32, f32 everywhere: bf16 there runs on AVX512-BF16 dot products or is emulated, slower than f32 (measured), and
+  int8 with VNNI once its INT8 model is made and passed the quality probe, else OpenVINO f32; f32 everywhere else: bf16 there runs on AVX512-BF16 dot products or is emulated, slower than f32 (measured), and
   OpenVINO's own default would pick it: SafeCut always sends an explicit precision hint.
 * ``AVX2``: BEN2 on OpenVINO f32 (measured faster than ONNX Runtime fp32 there), the rest f32.
 * ``baseline`` (no AVX2): ONNX Runtime f32.
@@ -106,12 +107,23 @@ def onnx_cpu_runtime(engine: str) -> tuple[str, str]:
     2-core AVX2 EPYC (2026-12-04), 6.6 vs 9.5 s on a 2-core AMX Xeon, where bf16 took 1.85 s. NudeNet 320n: ORT
     49 vs OpenVINO 52 ms per image on the AVX2 EPYC, and 4x faster to load: ORT."""
     cls = cpu_class()
-    if engine == "ben2":
-        if cls == "AMX":
-            return "openvino", "bf16"
-        if cls in ("AVX-512", "AVX2"):
+    if engine == "ben2":   # f32: a lower precision only after the quality probe (ben2_lower_precision)
+        if cls in ("AMX", "AVX-512", "AVX2"):
             return "openvino", "f32"
     return "onnxruntime", "f32"        # NudeNet everywhere; BEN2 on pre-AVX2 CPUs (not measured there)
+
+
+def ben2_lower_precision() -> str | None:
+    """The precision below f32 that ``auto`` may run BEN2 in on this CPU class, where it measured faster: bf16 on
+    AMX (1.85 vs 6.6 s f32 per 1024² image), OpenVINO int8 (NNCF) on AVX-512 with VNNI (5.64 vs 11.90 s, ×2.11,
+    2-core Ice Lake Xeon, issue #24's check 2026-12-07). Used only after the quality probe passed on the user's own
+    weights (engines.ben2_precision); None: f32."""
+    cls = cpu_class()
+    if cls == "AMX":
+        return "bf16"
+    if cls == "AVX-512" and has("avx512_vnni"):
+        return "int8"
+    return None
 
 
 def florence_cpu_dtype() -> str:

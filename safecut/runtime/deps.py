@@ -16,6 +16,8 @@ _KNOWN = {
                   "wheels: see SafeCut README, 'GPU install')"),
     "huggingface_hub": ("huggingface_hub", "model downloads", "pip install huggingface_hub"),
     "PIL": ("pillow", "image loading", "pip install pillow"),
+    "openvino": ("openvino", "the OpenVINO CPU runtime (BEN2 f32/bf16/int8)", "pip install openvino"),
+    "nncf": ("nncf", "making BEN2's INT8 model (python -m safecut models quantize)", "pip install nncf"),
 }
 
 

@@ -135,7 +135,7 @@ def _run_probe(precision: str) -> tuple[bool, str]:
 
 def _pack_parent() -> str:
     """The folder holding the ``safecut`` package, so the child imports this same copy."""
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # ---- the child: compile and check a tiny model ------------------------------------------------------

@@ -14,9 +14,9 @@ from dataclasses import replace
 from . import cpu, openvino_session, providers
 
 # node widget choices (public contract: append only)
-CHOICES = ["auto", "ONNX Runtime", "OpenVINO f32", "OpenVINO bf16"]
+CHOICES = ["auto", "ONNX Runtime", "OpenVINO f32", "OpenVINO bf16", "OpenVINO int8"]
 _PLAN = {"ONNX Runtime": ("onnxruntime", "f32"), "OpenVINO f32": ("openvino", "f32"),
-         "OpenVINO bf16": ("openvino", "bf16")}
+         "OpenVINO bf16": ("openvino", "bf16"), "OpenVINO int8": ("openvino", "int8")}
 ORT_LABEL = "ONNX Runtime fp32"
 
 
@@ -52,8 +52,10 @@ def _label(precision: str) -> str:
 
 
 def create_session(path: str, device: str = "auto", *, engine: str, runtime: str = "auto", threads: int = 0,
-                   strict: bool = False, quantized: bool = False, **ort_kwargs):
-    """(session, DeviceChoice). ``ort_kwargs`` go to providers.create_ort_session (memory settings, CUDA options)."""
+                   strict: bool = False, quantized: bool = False, ov_model: str | None = None, **ort_kwargs):
+    """(session, DeviceChoice). ``ort_kwargs`` go to providers.create_ort_session (memory settings, CUDA options).
+    ``ov_model``: the model OpenVINO compiles instead of ``path`` (an INT8 IR made from it); ``path`` stays what
+    ONNX Runtime runs when OpenVINO is refused."""
     r = normalize(runtime)
     if "CUDAExecutionProvider" in providers.ort_provider_list(device):   # CUDA: ONNX Runtime, unchanged
         sess, choice = providers.create_ort_session(path, device, threads=threads, strict=strict, **ort_kwargs)
@@ -70,19 +72,20 @@ def create_session(path: str, device: str = "auto", *, engine: str, runtime: str
             providers.warn_once(f"OpenVINO bf16 was asked for on a CPU without AMX ({cpu.describe()}): bf16 there is "
                                 f"slower than f32 (measured: 10.0 s vs 6.6 s f32 for BEN2 1024² on an AVX-512 Xeon "
                                 f"with AMX disabled); use auto or OpenVINO f32")
-        ok, why = openvino_session.usable(precision)
+        hint = "f32" if precision == "int8" else precision   # an INT8 IR's own quantized ops run int8; the rest f32
+        ok, why = openvino_session.usable(hint)
         if ok:
             try:
-                sess = openvino_session.OpenVINOSession(path, precision, providers.default_threads(threads))
+                sess = openvino_session.OpenVINOSession(ov_model or path, hint, providers.default_threads(threads))
             except Exception as exc:   # a model OpenVINO cannot compile still runs, on ONNX Runtime
                 why = f"OpenVINO could not compile '{os.path.basename(path)}' ({type(exc).__name__}: {str(exc)[:200]})"
             else:
                 choice = providers.cpu_choice(device, strict)
-                label = _label(sess.precision)
+                label = "OpenVINO int8" if precision == "int8" else _label(sess.precision)
                 if asked != precision:
                     label += f" (bf16 asked: emulated on this CPU, {BF16_EMULATED_SHORT})"
-                elif sess.precision != precision:
-                    label += f", {precision} not supported by this CPU"
+                elif sess.precision != hint:
+                    label += f", {hint} not supported by this CPU"
                 return sess, replace(choice, runtime=label)
         providers.warn_once(f"OpenVINO {precision} not used for {engine}: {why}; running ONNX Runtime fp32")
         note = f"OpenVINO refused: {why}" if r != "auto" else "OpenVINO unavailable"
