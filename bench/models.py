@@ -13,8 +13,10 @@ Real-size models (default ``~/.cache/safecut-bench``, override with ``--models-d
   random init, and a byte-level BPE tokenizer trained here, padded to the real vocabulary size 51,289.
 * ``ben2/BEN2-standin-v{N}.onnx`` — SafeCut's own implementation of the BEN_Base architecture, random
   seeded weights, the published file's I/O (:mod:`bench.ben2_arch`; the real ``BEN2_Base.onnx`` is used
-  instead when ``--ben2 PATH`` is given); ``*.int8.onnx`` from :func:`safecut.engines.ben2_quantize.quantize_ben2`
-  (static QDQ). ``--ben2-reference PATH``: an export of the upstream code, timed next to the stand-in.
+  instead when ``--ben2 PATH`` is given); its OpenVINO INT8 IR from :func:`safecut.engines.ben2_quantize.quantize_ben2`
+  (NNCF), where the product looks for it (``safecut-int8/<stem>-<sha16>.xml`` beside the model), made in a child
+  process whose time and peak RSS are recorded. ``--ben2-reference PATH``: an export of the upstream code, timed
+  next to the stand-in.
 * NudeNet: the ``320n.onnx`` bundled with the ``nudenet`` package (real weights).
 
 Quick mode uses the project's test kits (tiny models) under ``<models>/quick``.
@@ -94,6 +96,8 @@ def _step(manifest: Manifest, key: str, path: str, build, log=print) -> dict:
 
 
 def _size(path: str) -> int:
+    if path.endswith(".xml"):   # an OpenVINO IR: .xml + .bin
+        return sum(os.path.getsize(p) for p in (path, path[:-4] + ".bin") if os.path.exists(p))
     if os.path.isdir(path):
         return sum(os.path.getsize(p) for p in glob.glob(os.path.join(path, "**"), recursive=True) if os.path.isfile(p))
     return os.path.getsize(path) if os.path.exists(path) else 0
@@ -276,33 +280,40 @@ def build_florence_base(dest: str, seed: int = 0) -> dict:
 
 
 # ---- entry points ---------------------------------------------------------------------------------
+def quantize_in_child(src: str, log=print) -> dict:
+    """The product's INT8 BEN2 (``quantize_ben2``: NNCF, OpenVINO IR where ``OpenVINO int8`` finds it) in a fresh
+    process: its peak RSS is that process's own (NNCF at 1024² holds several GB)."""
+    r = subprocess.run([sys.executable, "-m", "bench.models", "quantize", src], capture_output=True, text=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("QUANTIZED ")), None)
+    if r.returncode != 0 or line is None:
+        raise RuntimeError(f"quantizing {os.path.basename(src)} failed: {r.stderr[-2000:]}")
+    return json.loads(line[10:])
+
+
 def build_ben2(m: "Manifest", root: str, paths: dict, builds: dict, ben2_path: str | None, log, *,
-               size: int = 1024, depths=None, tag: str = "") -> None:
-    """The BEN2 stand-in (or the given real file) and its static INT8 copy, into ``paths``/``builds``."""
+               size: int = 1024, depths=None, tag: str = "", key: str = "ben2") -> None:
+    """A BEN2 (the stand-in, the given real file, or the test kit's tiny one when ``key`` is not ``ben2``) and
+    its OpenVINO INT8 IR, into ``paths[key]`` / ``paths[key + "_int8"]``."""
+    from safecut.models import quantized_store
+
     from . import ben2_arch
 
-    depths = tuple(depths or ben2_arch.DEPTHS)
     if ben2_path:
-        paths["ben2"] = os.path.abspath(ben2_path)
-        builds["ben2"] = {"path": paths["ben2"], "real": True, "bytes": _size(paths["ben2"]), "cached": True,
-                          "seconds": 0.0, "size": size}
+        paths[key] = os.path.abspath(ben2_path)
+        if key == "ben2":
+            builds[key] = {"path": paths[key], "real": True, "bytes": _size(paths[key]), "cached": True,
+                           "seconds": 0.0, "size": size}
     else:
         p = os.path.join(root, "ben2", f"{BEN2_STEM}{tag}-v{ben2_arch.ARCH_VERSION}.onnx")
-        builds["ben2"] = _step(m, os.path.basename(p), p, lambda: ben2_arch.build(p, size, depths), log)
-        paths["ben2"] = p
-    int8 = os.path.join(root, "ben2", os.path.splitext(os.path.basename(paths["ben2"]))[0] + ".int8.onnx")
-
-    def _q(src=paths["ben2"], dst=int8):
-        from safecut.engines.ben2_quantize import CALIBRATION_SAMPLES, quantize_ben2
-
-        quantize_ben2(src, dst)
-        return {"method": f"safecut.engines.ben2_quantize static QDQ (Conv + constant-weight MatMul, per-channel int8 weights, uint8 activations, "
-                          f"{CALIBRATION_SAMPLES} synthetic calibration images)"}
-
-    from safecut.engines.ben2_quantize import RECIPE
-
-    builds["ben2-int8"] = _step(m, f"ben2-int8-static-r{RECIPE}:" + os.path.basename(paths["ben2"]), int8, _q, log)
-    paths["ben2_int8"] = int8
+        builds[key] = _step(m, os.path.basename(p), p, lambda: ben2_arch.build(p, size, tuple(depths or ben2_arch.DEPTHS)),
+                            log)
+        paths[key] = p
+    src = paths[key]
+    ir = quantized_store.int8_path(src)
+    builds[key + "-int8"] = _step(m, "ben2-int8-nncf:" + os.path.relpath(ir, root), ir,
+                                  lambda: quantize_in_child(src, log), log)
+    paths[key + "_int8"] = ir
 
 
 def build_all(root: str, sections: set[str], ben2_path: str | None = None, log=print,
@@ -310,7 +321,7 @@ def build_all(root: str, sections: set[str], ben2_path: str | None = None, log=p
     """Build (or find cached) what ``sections`` need. Returns {"paths": {...}, "builds": {...}}."""
     m = Manifest(root)
     paths, builds = {}, {}
-    if sections & {"ben2", "cpu", "pipeline", "coldstart", "tune-ben2", "tune-int8", "flops"}:
+    if sections & {"ben2", "cpu", "pipeline", "coldstart", "tune-ben2", "flops"}:
         build_ben2(m, root, paths, builds, ben2_path, log)
         if reference:
             paths["ben2_references"] = [os.path.abspath(r) for r in reference]
@@ -334,6 +345,7 @@ def build_all(root: str, sections: set[str], ben2_path: str | None = None, log=p
 
 def build_quick(root: str, log=print) -> dict:
     """Tiny models of the test kits (quick mode / CI smoke test)."""
+    from safecut.testkit.tiny_ben2 import build_tiny_ben2
     from safecut.testkit.tiny_florence import build_tiny_florence
     from safecut.testkit.tiny_gguf import QUANTS, build_tiny_gguf
 
@@ -341,21 +353,9 @@ def build_quick(root: str, log=print) -> dict:
     paths, builds = {}, {}
     build_ben2(m, root, paths, builds, None, log, size=QUICK_BEN2["size"], depths=QUICK_BEN2["depths"],
                tag=f"-quick{QUICK_BEN2['size']}")
-    from safecut.testkit.tiny_ben2 import build_tiny_ben2
-
     tiny = os.path.join(root, "ben2", "tiny-ben2.onnx")   # the pipeline / cold-start plumbing in quick mode
     builds["ben2-tiny"] = _step(m, "quick-ben2-tiny", tiny, lambda: build_tiny_ben2(tiny, 1024) and {}, log)
-    paths["ben2_tiny"] = tiny
-    tiny8 = os.path.join(root, "ben2", "tiny-ben2.int8.onnx")
-
-    def _q8():
-        from safecut.engines.ben2_quantize import quantize_ben2
-
-        quantize_ben2(tiny, tiny8, method="matmul+conv")
-        return {}
-
-    builds["ben2-tiny-int8"] = _step(m, "quick-ben2-tiny-int8", tiny8, _q8, log)
-    paths["ben2_tiny_int8"] = tiny8
+    build_ben2(m, root, paths, builds, tiny, log, key="ben2_tiny")
     f = os.path.join(root, "florence2", "tiny-florence")
     builds["florence"] = _step(m, "quick-florence", f, lambda: build_tiny_florence(f) and {}, log)
     paths["florence"] = f
@@ -373,3 +373,29 @@ def build_quick(root: str, log=print) -> dict:
     if nn:
         paths["nudenet"] = nn
     return {"paths": paths, "builds": builds}
+
+
+def main(argv: list[str]) -> int:
+    """``python -m bench.models quantize SRC``: one INT8 build, then its facts as one JSON line (QUANTIZED ...)."""
+    if argv[:1] != ["quantize"] or len(argv) != 2:
+        print("usage: python -m bench.models quantize MODEL.onnx", file=sys.stderr)
+        return 2
+    import nncf
+    import openvino
+
+    from safecut.engines import ben2_quantize
+
+    from .ben2_probe import peak_mb
+
+    out = ben2_quantize.quantize_ben2(argv[1])
+    n = len(ben2_quantize.calibration_images())
+    print("QUANTIZED " + json.dumps({
+        "peak_mb": round(peak_mb()), "nncf": nncf.__version__, "openvino": openvino.__version__,
+        "method": f"safecut.engines.ben2_quantize.quantize_ben2: NNCF post-training INT8 of the OpenVINO model "
+                  f"(TRANSFORMER mode, SmoothQuant off), {n} calibration views of the shipped photos",
+        "ir": out}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

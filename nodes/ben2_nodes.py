@@ -15,8 +15,8 @@ class SafeCutBEN2RemoveBackground:
                    "cpu_runtime picks for this CPU). Outputs the cutout on the chosen background, "
                    "the subject MASK (1 = subject) and the RGBA cutout for SafeCut Save Cutout. The published "
                    "BEN2_Base.onnx has a static batch of 1: images run one per model call (no batching gain). "
-                   "*.int8.onnx files (python -m safecut models quantize) are experimental: not yet checked on "
-                   "the real weights.")
+                   "INT8 (cpu_runtime 'OpenVINO int8', made once by python -m safecut models quantize) runs "
+                   "under auto only after SafeCut's quality probe passed on your own weights.")
     CATEGORY = CATEGORY
     SEARCH_ALIASES = ["remove background", "background removal", "rembg", "bg remover", "cutout", "matting",
                       "transparent background", "ben2"]
@@ -34,9 +34,9 @@ class SafeCutBEN2RemoveBackground:
             "image": ("IMAGE", {"tooltip": "Images to cut out (a batch or a list)."}),
             "model": combo(modelfiles.choices("ben2"), ben2.DEFAULT_MODEL,
                            "BEN2 ONNX file from models/ben2 (or models/ben2_onnx). Not on disk yet: it is "
-                           "downloaded on first use when downloads are allowed. *.int8.onnx (made by `python -m "
-                           "safecut models quantize`) is EXPERIMENTAL: faster on CPU, mask quality not yet checked "
-                           "on the real weights."),
+                           "downloaded on first use when downloads are allowed. Its INT8 version is not a file to "
+                           "pick here: choose cpu_runtime 'OpenVINO int8' (or auto) after `python -m safecut models "
+                           "quantize <model>`."),
             "provider": DEVICE,
             "threads": THREADS,
             "background": combo(ben2.BACKGROUNDS, "alpha",

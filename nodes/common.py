@@ -21,10 +21,12 @@ DEVICE = (["auto", "CPU", "CUDA"], {"default": "auto", "tooltip":
           "The device actually used is shown on the node."})
 CPU_RUNTIME = (list(sessions.CHOICES), {"default": "auto", "tooltip":
                "What runs the model on CPU (CUDA always runs ONNX Runtime). auto: the path measured fastest for this "
-               "CPU (OpenVINO bf16 with AMX, else OpenVINO f32 on AVX2/AVX-512 CPUs; see README 'Which CPU'); OpenVINO is "
-               "used only after a crash probe passed on this machine, else ONNX Runtime runs and the node says "
-               "why. OpenVINO bf16 on a CPU without AVX512-BF16/AMX would be emulated (×27 slower): f32 runs "
-               "instead and the node says so. The runtime used is shown on the node, e.g. 'CPU · OpenVINO f32'."})
+               "CPU (OpenVINO f32 on AVX2/AVX-512 CPUs; bf16 with AMX and INT8 with AVX-512 VNNI only once "
+               "SafeCut's quality probe passed on your own weights; see README 'Which CPU'). OpenVINO is used only "
+               "after a crash probe passed on this machine, else ONNX Runtime runs and the node says why. OpenVINO "
+               "int8 needs its INT8 model, made once by `python -m safecut models quantize <model>`. OpenVINO bf16 "
+               "on a CPU without AVX512-BF16/AMX would be emulated (×27 slower): f32 runs instead and the node says "
+               "so. The runtime used is shown on the node, e.g. 'CPU · OpenVINO f32'."})
 THREADS = ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "CPU threads; 0 = one per physical core."})
 KEEP_LOADED = ("BOOLEAN", {"default": True, "tooltip":
                "Keep the model in SafeCut's cache for the next run (fast). Off frees its memory after this node."})
