@@ -64,7 +64,8 @@ class SafeCutBEN2RemoveBackground:
         result = ben2.remove_background(frames, model, device=provider, threads=threads, batch_size=batch_size,
                                         keep_loaded=keep_model_loaded,
                                         strict=os.environ.get("SAFECUT_STRICT_DEVICE") == "1",
-                                        progress=Progress(len(frames)), runtime=cpu_runtime)
+                                        progress=Progress(len(frames)), runtime=cpu_runtime,
+                                        probe_progress=Progress)
         out_rgb, out_rgba = [], []
         for frame, mask in zip(frames, result.masks):
             fg = ben2.refine_foreground(frame, mask) if refine_edges else frame

@@ -290,12 +290,14 @@ def preload(model: str = DEFAULT_MODEL, device: str = "CPU", threads: int = 0, r
 
 def remove_background(images: list[np.ndarray], model: str = DEFAULT_MODEL, *, device: str = "auto",
                       threads: int = 0, batch_size: int = 0, keep_loaded: bool = True, strict: bool = False,
-                      progress: Callable[[int], None] | None = None, runtime: str = "auto") -> Ben2Run:
+                      progress: Callable[[int], None] | None = None, runtime: str = "auto",
+                      probe_progress: Callable[[int], Callable[[int], None]] | None = None) -> Ben2Run:
+    """``probe_progress(total)`` makes the progress bar of the one-time quality probe ``auto`` may run first."""
     path = modelfiles.resolve("ben2", model)
     cache = get_cache()
     loads_before = cache.stats()["load_seconds"]
     t0 = time.perf_counter()
-    runtime, auto_note = _resolve_auto(path, device, threads, runtime, progress)
+    runtime, auto_note = _resolve_auto(path, device, threads, runtime, probe_progress)
 
     def attempt(dev: str) -> Ben2Run:
         key = model_key(path, dev, threads, runtime)
@@ -324,11 +326,11 @@ def _probe_runner(path: str, threads: int):
     return run
 
 
-def _resolve_auto(path: str, device: str, threads: int, runtime: str, progress) -> tuple[str, str]:
+def _resolve_auto(path: str, device: str, threads: int, runtime: str, probe_progress) -> tuple[str, str]:
     """``auto`` on CPU: the class's lower precision where these weights passed the quality probe, else f32."""
     if sessions.normalize(runtime) != "auto" or "CUDAExecutionProvider" in providers.ort_provider_list(device):
         return runtime, ""
-    return ben2_precision.resolve_auto(path, _probe_runner(path, threads))
+    return ben2_precision.resolve_auto(path, _probe_runner(path, threads), probe_progress)
 
 
 def verify_precision(model: str, precision: str, *, folder: str | None = None, threads: int = 0,
