@@ -6,7 +6,8 @@
   python -m bench --runs 5 --heavy-runs 3 --ben2 /path/BEN2_Base.onnx --out bench/results
 
 Writes OUT/results.json, OUT/sections/*.json, OUT/RESULTS.md and OUT/plots/*.png (default OUT =
-bench/results). ``--publish`` also copies the table to bench/RESULTS.md.
+bench/results). ``--publish`` also puts this run's sections into bench/RESULTS.md (the others stay, each with the
+line naming its own run) and README.md's speed table.
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def parse(argv=None):
                          "stand-in's own exporter")
     ap.add_argument("--florence-tokens", type=int, default=32, help="new tokens per caption, naive and SafeCut")
     ap.add_argument("--publish", action="store_true",
-                    help="copy RESULTS.md to bench/RESULTS.md and regenerate README.md's speed table")
+                    help="put this run's sections into bench/RESULTS.md (replacing theirs, keeping the others) and "
+                         "regenerate README.md's speed table from it")
     ap.add_argument("--fresh", action="store_true", help="forget earlier section results in OUT")
     a = ap.parse_args(argv)
     names = []
@@ -56,6 +58,8 @@ def parse(argv=None):
         else:
             ap.error(f"unknown section '{part}' (known: {', '.join(SECTIONS)}, tune)")
     a.sections = list(dict.fromkeys(names))
+    if a.publish and a.quick:
+        ap.error("--publish publishes real-size runs only (not --quick)")
     return a
 
 
@@ -80,7 +84,7 @@ def main(argv=None) -> int:
     logging.getLogger().setLevel(logging.ERROR)
     sys.path.insert(0, ROOT)
     from . import models, report
-    from .common import Section, load_avg
+    from .common import Section, cpu_info, load_avg
     from .sections import SECTIONS, Ctx
 
     t_start = time.time()
@@ -116,7 +120,8 @@ def main(argv=None) -> int:
         builds.row(model=k, file=os.path.basename(v.get("path", "")), size=f"{v.get('bytes', 0) / 1e6:.1f} MB",
                    build=f"{v.get('seconds', 0):.1f} s", now="cached" if v.get("cached") else "built in this run",
                    params=f"{v['params'] / 1e6:.1f} M" if v.get("params") else "",
-                   load_at_build=v.get("load_at_build", ""))
+                   peak_rss=f"{v['peak_mb'] / 1024:.1f} GB" if v.get("peak_mb") else "",
+                   load_at_build=v.get("load_at_build", ""), how=v.get("method", ""))
     builds.data = built
     builds.finish(build_seconds)
     _save(out, builds)
@@ -148,7 +153,7 @@ def main(argv=None) -> int:
             "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t_start)),
             "wall_seconds": round(time.time() - t_start, 1), "build_seconds": round(build_seconds, 1),
             "load_before": load_before, "load_after": load_avg(), "other_cpu": foreign_cpu(cpu0), "runs": ctx.runs, "heavy_runs": ctx.heavy_runs,
-            "sections_run": a.sections, "failed": failed, "models_dir": root}
+            "sections_run": a.sections, "failed": failed, "models_dir": root, "machine": cpu_info()}
     secs = report.load_sections(out)
     results = {"meta": meta, "targets": report.targets(secs), "sections": secs}
     with open(os.path.join(out, "results.json"), "w") as f:
@@ -156,14 +161,15 @@ def main(argv=None) -> int:
     with open(os.path.join(out, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
     report.render(out, meta)
-    if a.publish:
-        text = report.render(out, meta, with_plots=False)
-        text += "\nPlots: run `python -m bench` and open bench/results/plots/.\n"
-        with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
-            f.write(text)
-        report.render(out, meta)
-        if not a.quick and report.publish_readme(os.path.join(ROOT, "README.md"), meta, secs):
-            log("bench: README.md speed table regenerated")
+    if a.publish:   # this run's sections replace theirs in bench/RESULTS.md; README's table is read from it
+        published = os.path.join(HERE, "RESULTS.md")
+        previous = open(published).read() if os.path.isfile(published) else None
+        text = report.render(out, meta, with_plots=False, previous=previous, only=["builds", *a.sections],
+                             write=False)
+        with open(published, "w") as f:
+            f.write(text + "\nPlots: run `python -m bench` and open bench/results/plots/.\n")
+        if report.publish_readme(os.path.join(ROOT, "README.md"), text):
+            log("bench: bench/RESULTS.md and README.md's speed table updated")
     log(f"bench: done in {meta['wall_seconds'] / 60:.1f} min; {os.path.join(out, 'RESULTS.md')}"
         + (f"; FAILED sections: {failed}" if failed else ""))
     for t in results["targets"]:

@@ -8,8 +8,8 @@ MODE: ``safecut`` (``safecut.engines.ben2.remove_background``, the engine and it
 arena keeps what it grew; configurations measured in one process would charge each other.
 
 Calls: the first call after load is timed on its own; warm-up calls follow until two consecutive calls differ by
-≤ 10 % (at least 2 warm-ups including the first, at most 4); then ``runs`` timed calls. "Steady" = the median
-of every call after the first.
+≤ 10 % (at least 2 warm-ups including the first, at most ``--max-warmup``); then ``runs`` timed calls. "Steady" =
+the median of every call after the first (``--max-warmup 1 --runs 0``: one call, which is then all there is).
 """
 from __future__ import annotations
 
@@ -52,6 +52,9 @@ def make_caller(mode: str, model: str, runtime: str = "auto"):
     if mode == "safecut":
         from safecut.engines import ben2
 
+        # auto: what it resolves to here (a lower precision once the quality probe passed; a probe that still has
+        # to run counts in the load, as at a product's first call)
+        runtime = ben2._resolve_auto(model, "CPU", 0, runtime, None)[0]
         m = ben2.preload(model, "CPU", runtime=runtime)   # into the engine's cache; the first call is a cache hit
         load = time.perf_counter() - t0
         DEVICE[:] = [m.device.describe()]
@@ -116,7 +119,7 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         mask = call(img)
         timed.append(time.perf_counter() - t)
-    steady = warm[1:] + timed        # every call after the first (the warm-ups that agreed included)
+    steady = warm[1:] + timed or warm   # every call after the first (the warm-ups that agreed included); one call: it
     res.update(first_s=warm[0], warmup_s=warm, timed_s=timed, steady_samples_s=steady, peak_mb=peak_mb(),
                rss_end_mb=rss_mb(), steady_s=float(np.median(steady)))
     if a.save_mask:

@@ -292,9 +292,9 @@ def quantize_in_child(src: str, log=print) -> dict:
 
 
 def build_ben2(m: "Manifest", root: str, paths: dict, builds: dict, ben2_path: str | None, log, *,
-               size: int = 1024, depths=None, tag: str = "", key: str = "ben2") -> None:
-    """A BEN2 (the stand-in, the given real file, or the test kit's tiny one when ``key`` is not ``ben2``) and
-    its OpenVINO INT8 IR, into ``paths[key]`` / ``paths[key + "_int8"]``."""
+               size: int = 1024, depths=None, tag: str = "", key: str = "ben2", int8: bool = True) -> None:
+    """A BEN2 (the stand-in, the given real file, or the test kit's tiny one when ``key`` is not ``ben2``) and,
+    with ``int8``, its OpenVINO INT8 IR, into ``paths[key]`` / ``paths[key + "_int8"]``."""
     from safecut.models import quantized_store
 
     from . import ben2_arch
@@ -309,6 +309,8 @@ def build_ben2(m: "Manifest", root: str, paths: dict, builds: dict, ben2_path: s
         builds[key] = _step(m, os.path.basename(p), p, lambda: ben2_arch.build(p, size, tuple(depths or ben2_arch.DEPTHS)),
                             log)
         paths[key] = p
+    if not int8:
+        return
     src = paths[key]
     ir = quantized_store.int8_path(src)
     builds[key + "-int8"] = _step(m, "ben2-int8-nncf:" + os.path.relpath(ir, root), ir,
@@ -321,8 +323,8 @@ def build_all(root: str, sections: set[str], ben2_path: str | None = None, log=p
     """Build (or find cached) what ``sections`` need. Returns {"paths": {...}, "builds": {...}}."""
     m = Manifest(root)
     paths, builds = {}, {}
-    if sections & {"ben2", "cpu", "pipeline", "coldstart", "tune-ben2", "flops"}:
-        build_ben2(m, root, paths, builds, ben2_path, log)
+    if sections & {"ben2", "cpu", "pipeline", "coldstart", "tune-ben2"}:
+        build_ben2(m, root, paths, builds, ben2_path, log, int8=bool(sections & {"ben2", "cpu", "pipeline"}))
         if reference:
             paths["ben2_references"] = [os.path.abspath(r) for r in reference]
     if sections & {"florence", "cpu", "pipeline", "coldstart", "tune-florence"}:

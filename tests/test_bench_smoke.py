@@ -1,4 +1,5 @@
-"""The bench runs end to end on tiny models (CI smoke test), and safecut.engines.ben2_quantize makes a working INT8 BEN2."""
+"""The bench runs end to end on tiny models (CI smoke test), the NNCF INT8 build of its BEN2 models included; its
+report judges targets and merges a partial run into the published RESULTS.md."""
 from __future__ import annotations
 
 import json
@@ -9,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, subject_image
+from conftest import ROOT
 
-SECTIONS = ["env", "import", "ben2", "llama", "quant", "florence", "gate", "pipeline", "coldstart"]
+SECTIONS = ["env", "import", "ben2", "cpu", "llama", "quant", "florence", "gate", "pipeline", "coldstart"]
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def quick_run(tmp_path_factory):
     env = dict(os.environ, HF_HUB_OFFLINE="1", SAFECUT_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     env.pop("SAFECUT_MODELS_DIR", None)
     r = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out), "--models-dir", str(models)],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)  # a hang guard, not a speed target
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)  # a hang guard, not a speed target
     return r, out
 
 
@@ -48,20 +49,35 @@ def test_quick_bench_writes_json_markdown_and_plots(quick_run):
     assert d["model"]["size"] == 384 and d["model"]["depths"] == [2, 2, 2, 2]  # the same architecture, reduced
     assert "QUICK" in out.joinpath("RESULTS.md").read_text()
     assert secs["env"]["data"]["gemm_fp32"]["gflops"] > 0
-    k8 = secs["env"]["data"]["int8_kernels"]                       # the int8 ceiling the INT8 BEN2 row is read against
-    assert set(k8) == {"MatMul const weights", "MatMul two activations", "Conv 3x3 128ch"}
-    assert all(v["ratio"] > 0 and v["int8_gops"] > 0 for v in k8.values())
+    builds = secs["builds"]["data"]["builds"]
+    for key in ("ben2-int8", "ben2_tiny-int8"):              # the product's NNCF INT8, timed, with its peak RSS
+        b = builds[key]
+        assert b["path"].endswith(".xml") and "/safecut-int8/" in b["path"] and os.path.isfile(b["path"]), key
+        assert b["seconds"] > 0 and b["peak_mb"] > 0 and "NNCF" in b["method"], key
+    assert "OpenVINO int8" in c["safecut-int8"]["device"]     # the ben2 section's INT8 row really ran the IR
+    cpu = secs["cpu"]["data"]
+    assert set(cpu["ben2"]) == {"ort", "ov-f32", "ov-int8", "ov-bf16"}
+    assert "OpenVINO int8" in cpu["ben2"]["ov-int8"]["device"]
+    assert "int8" in cpu["quality_probe"] and cpu["quality_probe"]["int8"]["seconds"] > 0
+    if "avx512_bf16" not in open("/proc/cpuinfo").read():      # refused bf16: one call of the f32 that ran
+        assert cpu["ben2"]["ov-bf16"]["device"].startswith("CPU · OpenVINO f32 (bf16 asked")
+        assert len(cpu["ben2"]["ov-bf16"]["warmup_s"]) == 1 and not cpu["ben2"]["ov-bf16"]["timed_s"]
+    asked = [r["asked"] for r in secs["cpu"]["rows"] if "asked" in r]
+    assert sum("← auto" in a for a in asked) == 1, asked
+    pipe = secs["pipeline"]["data"]
+    assert "OpenVINO int8" in pipe["OpenVINO int8"]["devices"]["ben2"] and pipe["auto"]["per_image"]["median"] > 0
     assert set(secs["quant"]["data"]["quants"]) == {"Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M"}
     assert secs["llama"]["data"]["naive_usage"][0][1] > 0
     assert {"cpu-fast | no opt cache", "cpu-full | defaults (no opt cache), mmap GGUF"} <= set(secs["coldstart"]["data"])
     targets = {t["target"]: t for t in res["targets"]}
-    for prefix in ("BEN2 warm ≥ 1.5×", "BEN2 INT8 ≥ 2×", "BEN2 fp32 peak RSS ≤ 3 GB", "BEN2 first call after load",
-                   "BEN2 INT8 peak RSS below fp32", "repeat call on a cached model", "Llama classification",
+    for prefix in ("BEN2 warm ≥ 1.5×", "BEN2 INT8 (OpenVINO, NNCF) ≥ 2×", "BEN2 auto peak RSS ≤ 3 GB",
+                   "BEN2 first call after load", "BEN2 INT8 (OpenVINO, NNCF) ≥ 1.3× OpenVINO f32",
+                   "BEN2 INT8 peak RSS below OpenVINO f32", "repeat call on a cached model", "Llama classification",
                    "Florence batch of 8", "gate on a 60 %", "pack import ≤ 150 ms", "full CPU pipeline"):
         assert any(k.startswith(prefix) for k in targets), prefix
     md = (out / "RESULTS.md").read_text()
-    assert "## Targets" in md and "| target | measured | met |" in md
-    for title in ("BEN2 background removal", "Llama quantizations", "Cold start", "Full CPU pipeline"):
+    assert "## Targets" in md and "| section | target | measured | met |" in md
+    for title in ("BEN2 background removal", "CPU numerics", "Llama quantizations", "Cold start", "Full CPU pipeline"):
         assert title in md, title
     assert "| Q4_K_M |" in md
     from PIL import Image
@@ -77,6 +93,54 @@ def test_only_rejects_unknown_sections():
     r = subprocess.run([sys.executable, "-m", "bench", "--only", "nope"], cwd=ROOT, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and "unknown section" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "bench", "--quick", "--publish"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "real-size runs only" in r.stderr
+
+
+def _section(name, title, started, rows, **data):
+    return {"name": name, "title": title, "rows": rows, "data": data, "notes": [], "started": started, "seconds": 1.0,
+            "load_before": [0.1], "load_after": [0.2], "other_cpu": {"other_share": 0.25}, "error": None}
+
+
+def test_publish_replaces_just_the_sections_a_run_made(tmp_path):
+    """--publish --only cpu: bench/RESULTS.md keeps the other sections, their targets and the line naming their run;
+    the cpu section, its targets and this run's line replace theirs; README's table is read from the result."""
+    from bench import report
+
+    def write(out, *secs):
+        (out / "sections").mkdir(parents=True)
+        for s in secs:
+            (out / "sections" / f"{s['name']}.json").write_text(json.dumps(s))
+
+    def cpu_sec(started, f32, q8):
+        return _section("cpu", "CPU numerics", started, [{"asked": "OpenVINO f32", "steady": f"{f32} s"}],
+                        cpu={"class": "AVX2"}, ben2={"ov-f32": {"steady_s": f32, "peak_mb": 2500},
+                                                     "ov-int8": {"steady_s": q8, "peak_mb": 1400}})
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    write(old, _section("import", "Pack import", "2026-11-30 16:15", [{"what": "import", "value": "119 ms"}],
+                        import_={"median": 0.119, "min": 0.1}), cpu_sec("2026-11-30 16:20", 20.0, 19.0))
+    meta_old = {"started": "2026-11-30 16:15", "command": "python -m bench", "runs": 3, "heavy_runs": 1}
+    first = report.render(str(old), meta_old, with_plots=False, only=["import", "cpu"])
+    write(new, cpu_sec("2026-12-07 14:30", 20.0, 10.0))
+    meta = {"started": "2026-12-07 14:30", "command": "python -m bench --only cpu --publish", "runs": 3,
+            "heavy_runs": 1, "other_cpu": {"other_share": 0.4}}
+    text = report.render(str(new), meta, with_plots=False, previous=first, only=["builds", "cpu"], write=False)
+    runs, rows, blocks = report._parse(text)
+    assert set(blocks) == {"import", "cpu"}
+    assert "_section `import`: 2026-11-30 16:15" in blocks["import"] and "119 ms" in blocks["import"]
+    assert "_section `cpu`: 2026-12-07 14:30" in blocks["cpu"] and "2026-11-30 16:20" not in text
+    assert len(runs) == 2 and "sections cpu;" in runs[0] and "**40 %**" in runs[0]
+    assert "sections import, cpu;" in runs[1]
+    got = {(r[0], r[1].split(" (")[0]): r[2] for r in rows}
+    assert got[("import", "pack import ≤ 150 ms")].startswith("119 ms")
+    assert got[("cpu", "BEN2 INT8")] == "20.00 s → 10.00 s: ×2.00" and len(rows) == 3   # the old cpu rows are gone
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.README_BEGIN}\nold\n{report.README_END}\nrest\n")
+    assert report.publish_readme(str(readme), text)
+    r = readme.read_text()
+    assert "old" not in r and r.startswith("intro\n") and r.endswith("rest\n") and "×2.00" in r and runs[1] in r
 
 
 def test_pil_plot_fallback(tmp_path):
@@ -112,198 +176,6 @@ def test_flop_counter_counts_conv_and_matmul(tmp_path):
     assert r["by_op"] == {"Conv": conv, "MatMul": mm} and r["unknown"] == 0
 
 
-# ---- safecut/engines/ben2_quantize.py ------------------------------------------------------------------------------
-def _io(path):
-    import onnxruntime as ort
-
-    s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    return ([(i.name, i.type, i.shape) for i in s.get_inputs()], [(o.name, o.type, o.shape) for o in s.get_outputs()])
-
-
-def _ops(path):
-    import onnx
-
-    return {n.op_type for n in onnx.load(path).graph.node}
-
-
-@pytest.fixture(scope="module")
-def tiny_matmul_ben2(tmp_path_factory):
-    """A tiny graph with window attention + MLPs (MatMuls) + a conv decoder, for the quantizer's tests."""
-    from safecut.testkit.tiny_swin_ben2 import build_tiny
-
-    return build_tiny(str(tmp_path_factory.mktemp("q") / "ben2" / "tiny-swin-ben2.onnx"))
-
-
-def test_quantize_ben2_int8_matmuls_same_io_close_mask(tiny_matmul_ben2, tmp_path):
-    from safecut.engines import ben2
-    from safecut.engines.ben2_quantize import quantize_ben2
-
-    out = quantize_ben2(tiny_matmul_ben2, str(tmp_path / "tiny.int8.onnx"), method="matmul")
-    assert os.path.isfile(out) and os.path.getsize(out) < os.path.getsize(tiny_matmul_ben2)
-    assert _io(out) == _io(tiny_matmul_ben2)                      # same names, dtypes (float16 output), shapes
-    ops = _ops(out)
-    assert ops & {"DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul"}, ops
-    assert "ConvInteger" not in ops                               # convs stay float (faster on CPU)
-    img = subject_image(96, 128)
-    a = ben2.remove_background([img], tiny_matmul_ben2, device="CPU", keep_loaded=False).masks[0]
-    b = ben2.remove_background([img], out, device="CPU", keep_loaded=False).masks[0]
-    assert a.shape == b.shape == (96, 128)
-    assert float(np.abs(a - b).mean()) < 0.05
-
-
-def test_quantize_static_covers_convs_and_weight_linears_not_attention_products(tiny_matmul_ben2, tmp_path):
-    """The default (static QDQ) quantizes convs and the constant-weight MatMuls with per-channel weights,
-    leaves the activation x activation attention MatMuls fp32 (ORT's uint8 x uint8 kernel is slower than fp32
-    on AVX2), keeps the published I/O, and the mask stays close."""
-    import onnx
-    from onnx import numpy_helper
-
-    from safecut.engines import ben2
-    from safecut.engines.ben2_quantize import quantize_ben2
-
-    out = quantize_ben2(tiny_matmul_ben2, str(tmp_path / "tiny.static.onnx"))
-    assert _io(out) == _io(tiny_matmul_ben2)
-    m = onnx.load(out)
-    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
-    producers = {o: n for n in m.graph.node for o in n.output}
-
-    def dq_input(name):
-        n = producers.get(name)
-        return n is not None and n.op_type == "DequantizeLinear"
-
-    convs = [n for n in m.graph.node if n.op_type == "Conv"]
-    assert convs and all(dq_input(n.input[0]) and dq_input(n.input[1]) for n in convs)
-    w_dq = producers[convs[0].input[1]]
-    assert inits[w_dq.input[1]].size == inits[w_dq.input[0]].shape[0] > 1      # one scale per output channel
-    const = lambda i: i in inits or (producers.get(i) is not None and producers[i].input[0] in inits)  # noqa: E731
-    mms = [n for n in m.graph.node if n.op_type == "MatMul"]
-    weight_mm = [n for n in mms if any(const(i) for i in n.input)]
-    act_mm = [n for n in mms if not any(const(i) for i in n.input)]
-    assert weight_mm and all(dq_input(i) for n in weight_mm for i in n.input)  # weight linears: int8
-    assert act_mm and not any(dq_input(i) for n in act_mm for i in n.input)   # attention products: fp32
-    img = subject_image(96, 128)
-    a = ben2.remove_background([img], tiny_matmul_ben2, device="CPU", keep_loaded=False).masks[0]
-    b = ben2.remove_background([img], out, device="CPU", keep_loaded=False).masks[0]
-    assert float(np.abs(a - b).mean()) < 0.05
-
-
-def test_quantize_testkit_ben2_default_path_and_conv_method(tiny_ben2_path, models_dir):
-    """The testkit's conv-only tiny BEN2: resolved by name from models/ben2, written next to it by default."""
-    import shutil
-
-    from safecut.engines import ben2
-    from safecut.engines.ben2_quantize import quantize_ben2
-
-    d = models_dir / "ben2"
-    d.mkdir()
-    shutil.copy(tiny_ben2_path, d / "tiny-ben2.onnx")
-    out = quantize_ben2("tiny-ben2.onnx")
-    assert out == str(d / "tiny-ben2.int8.onnx")
-    assert _io(out) == _io(str(d / "tiny-ben2.onnx"))
-    conv = quantize_ben2("tiny-ben2.onnx", str(models_dir / "conv.onnx"), method="matmul+conv")
-    assert "ConvInteger" in _ops(conv)
-    # ORT's quantizer output is recognised from the file's first bytes and gets the quantized session settings
-    import onnxruntime as ort
-
-    assert ben2.is_quantized(out) and ben2.is_quantized(conv) and not ben2.is_quantized(str(d / "tiny-ben2.onnx"))
-    so = ben2.load_model(out, "CPU", runtime="ONNX Runtime").session.get_session_options()
-    assert so.enable_mem_pattern is False and so.enable_cpu_mem_arena is False
-    assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    so = ben2.load_model(str(d / "tiny-ben2.onnx"), "CPU", runtime="ONNX Runtime").session.get_session_options()
-    assert so.enable_mem_pattern is True and so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    img = subject_image()
-    ref = ben2.remove_background([img], "tiny-ben2.onnx", device="CPU", keep_loaded=False).masks[0]
-    for path in (out, conv):
-        m = ben2.remove_background([img], path, device="CPU", keep_loaded=False).masks[0]
-        assert float(np.abs(m - ref).mean()) < 0.05
-        assert m[48, 64] > 0.8 and m[2, 2] < 0.2                  # still cuts the bright subject out
-
-
-def test_quantize_cli_and_errors(tiny_matmul_ben2, tmp_path):
-    from safecut.app.cli import main
-    from safecut.errors import SafeCutError
-    from safecut.engines.ben2_quantize import quantize_ben2
-
-    out = tmp_path / "cli.int8.onnx"
-    assert main(["models", "quantize", tiny_matmul_ben2, "--output", str(out)]) == 0
-    assert out.is_file()
-    with pytest.raises(SafeCutError):
-        quantize_ben2(tiny_matmul_ben2, tiny_matmul_ben2)        # never overwrite the input
-    with pytest.raises(SafeCutError):
-        quantize_ben2(tiny_matmul_ben2, str(tmp_path / "x.onnx"), method="nope")
-    with pytest.raises(Exception):
-        quantize_ben2("does-not-exist.onnx")
-
-
-def test_fold_fp16_casts_makes_mixed_precision_matmuls_quantizable(tmp_path):
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    from safecut.engines.ben2_quantize import fold_fp16_casts, quantize_ben2
-
-    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 8)).astype(np.float16), "w16")
-    g = helper.make_graph(
-        [helper.make_node("Cast", ["w16"], ["w32"], to=TensorProto.FLOAT),
-         helper.make_node("MatMul", ["x", "w32"], ["y"])], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], [w])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    src = str(tmp_path / "mixed.onnx")
-    onnx.save(m, src)
-    m2 = onnx.load(src)
-    assert fold_fp16_casts(m2) == 1
-    assert [n.op_type for n in m2.graph.node] == ["MatMul"]
-    assert [t.name for t in m2.graph.initializer] == ["w32"] and m2.graph.initializer[0].data_type == TensorProto.FLOAT
-    out = quantize_ben2(src, str(tmp_path / "mixed.int8.onnx"), method="matmul")
-    assert _ops(out) & {"MatMulInteger", "DynamicQuantizeMatMul"}
-
-
-def test_static_calibration_in_small_passes_gives_the_same_ranges(tiny_matmul_ben2, tmp_path, monkeypatch):
-    """Memory-bounded calibration (one pass per group of activations) measures the same ranges as one pass."""
-    from onnxruntime.quantization.calibrate import load_tensors_data
-
-    from safecut.engines import ben2_quantize
-
-    imgs = ben2_quantize.synthetic_images(1, (64, 64))
-    one = ben2_quantize._calibrate_in_groups(tiny_matmul_ben2, ["Conv", "MatMul"], imgs, str(tmp_path),
-                                        str(tmp_path / "one.json"))
-    monkeypatch.setattr(ben2_quantize, "CALIBRATION_GROUP_BYTES", 1)       # every activation in its own pass
-    many = ben2_quantize._calibrate_in_groups(tiny_matmul_ben2, ["Conv", "MatMul"], imgs, str(tmp_path),
-                                         str(tmp_path / "many.json"))
-    assert one == 1 and many > 5
-    a, b = (load_tensors_data(str(tmp_path / f)).data for f in ("one.json", "many.json"))
-    assert a.keys() == b.keys() and len(a) > 5
-    for k in a:
-        assert np.allclose(a[k].range_value, b[k].range_value, atol=1e-5), k
-
-
-def test_quantize_static_calibrates_in_bounded_passes_same_model(tiny_matmul_ben2, tmp_path, monkeypatch):
-    """quantize_ben2 measures ranges in memory-bounded passes (one pass at BEN2's size peaked ~23 GB): one
-    activation per pass writes the same int8 model as one pass."""
-    import inspect
-
-    import onnx
-    from onnx import numpy_helper
-    from onnxruntime.quantization import quantize_static
-
-    from safecut.engines import ben2_quantize
-
-    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
-        pytest.skip("this onnxruntime cannot reuse calibration ranges: quantize_ben2 calibrates in one pass")
-    passes = []
-    real = ben2_quantize._calibrate_in_groups
-    monkeypatch.setattr(ben2_quantize, "_calibrate_in_groups", lambda *a: passes.append(real(*a)) or passes[-1])
-    one = ben2_quantize.quantize_ben2(tiny_matmul_ben2, str(tmp_path / "one.onnx"))
-    monkeypatch.setattr(ben2_quantize, "CALIBRATION_GROUP_BYTES", 1)
-    many = ben2_quantize.quantize_ben2(tiny_matmul_ben2, str(tmp_path / "many.onnx"))
-    assert passes[0] == 1 and passes[1] > 5
-    a, b = ({t.name: numpy_helper.to_array(t) for t in onnx.load(p).graph.initializer} for p in (one, many))
-    assert a.keys() == b.keys()
-    assert all(np.array_equal(a[k], b[k]) for k in a)
-
-
-
 def test_exporter_of_tells_torchscript_from_dynamo_exports(tmp_path):
     """The faithfulness target compares exports of the same exporter (the exporter alone changes memory ~2x)."""
     import onnx
@@ -329,7 +201,7 @@ def test_report_judges_the_4_gb_worker_rows_on_what_happened():
     from bench.report import targets
 
     def row(**r):
-        return {"pipeline": {"data": {"int8, default options, 4 GiB memory cgroup": r}}}
+        return {"pipeline": {"data": {"auto, default options, 4 GiB memory cgroup": r}}}
 
     ok = dict(per_image={"median": 40.0}, peak_mb=2900, low_memory=True, oom_kills=0)
     (t,) = targets(row(**ok))

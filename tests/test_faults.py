@@ -70,8 +70,8 @@ def models(kit, tmp_path, monkeypatch):
 def pk(pack, models, tmp_path, monkeypatch):
     """The pack's own engine modules (the nodes use these), a fresh cache, outputs under tmp_path/output."""
     name = pack.__name__
-    m = types.SimpleNamespace(**{k: importlib.import_module(f"{name}.safecut.{k}")
-                                 for k in ("ben2", "cache", "imaging", "modelfiles")})
+    m = types.SimpleNamespace(**{k.rpartition(".")[2]: importlib.import_module(f"{name}.safecut.{k}")
+                                 for k in ("engines.ben2", "runtime.cache", "imaging", "models.modelfiles")})
     monkeypatch.setattr(m.modelfiles, "_folder_provider", None)
     m.c = m.cache.ModelCache(max_models=6, max_bytes=0)
     monkeypatch.setattr(m.cache, "CACHE", m.c)

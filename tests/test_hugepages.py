@@ -39,7 +39,7 @@ def test_status_and_child_environment(tmp_path, monkeypatch):
     assert hugepages.status({}, thp(tmp_path, "always madvise [never]")) == "unavailable"
 
 
-CHILD = ("import os, sys; from safecut import hugepages; print('before', os.environ.get('GLIBC_TUNABLES', '-'), "
+CHILD = ("import os, sys; from safecut.runtime import hugepages; print('before', os.environ.get('GLIBC_TUNABLES', '-'), "
          "flush=True); hugepages.reexec_with_huge_pages(); print('after', os.environ.get('GLIBC_TUNABLES', '-'), "
          "sys.argv[1:])")
 

@@ -94,7 +94,7 @@ def test_a_real_memory_cgroup_is_seen_by_the_child_and_enforced():
 
     cg = _real_cgroup(256 << 20)
     try:
-        code = "from safecut import memlimit, pipeline; print(memlimit.limit_bytes(), pipeline.resolve_low_memory('auto'))"
+        code = "from safecut.runtime import memlimit; from safecut.app import pipeline; print(memlimit.limit_bytes(), pipeline.resolve_low_memory('auto'))"
         try:
             r = subprocess.run([sys.executable, "-c", code], preexec_fn=cg.join, capture_output=True, text=True,
                                cwd=ROOT, timeout=120)

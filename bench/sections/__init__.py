@@ -10,7 +10,7 @@ from .florence import section_florence
 from .gate import section_gate
 from .llama import section_llama, section_quant
 from .pipeline import section_coldstart, section_pipeline
-from .tune import section_tune_ben2, section_tune_florence, section_tune_int8, section_tune_llama
+from .tune import section_tune_ben2, section_tune_florence, section_tune_llama
 
 __all__ = ["CAPTIONS", "SAFE_SHARE", "Ctx", "make_images", "SECTIONS", "DEFAULT", "TUNE"]
 
@@ -26,9 +26,8 @@ SECTIONS = {
     "pipeline": ("Full CPU pipeline (headline)", section_pipeline),
     "coldstart": ("Cold start: process start → first result", section_coldstart),
     "tune-ben2": ("Tuning: ORT session settings for BEN2", section_tune_ben2),
-    "tune-int8": ("Tuning: INT8 variants of BEN2", section_tune_int8),
     "tune-florence": ("Tuning: Florence-2 generation settings", section_tune_florence),
     "tune-llama": ("Tuning: Llama classifier settings", section_tune_llama),
 }
 DEFAULT = ["env", "import", "ben2", "cpu", "llama", "quant", "florence", "gate", "pipeline", "coldstart"]
-TUNE = ["tune-ben2", "tune-int8", "tune-florence", "tune-llama"]
+TUNE = ["tune-ben2", "tune-florence", "tune-llama"]

@@ -1,5 +1,6 @@
-"""BEN2 background removal on the faithful stand-in: faithfulness vs an upstream export, SafeCut fp32 / INT8 vs a
-plain ORT session and the seeds' node, memory and warm-up; every configuration in its own fresh process."""
+"""BEN2 background removal on the faithful stand-in: faithfulness vs an upstream export, SafeCut (``auto``) and its
+OpenVINO INT8 (NNCF) vs a plain ORT session and the seeds' node, memory and warm-up; every configuration in its own
+fresh process."""
 from __future__ import annotations
 
 import json
@@ -16,13 +17,14 @@ ISSUE_GFLOP = 2151.0          # the upstream export's count on which issue 9 was
 
 
 def probe(ctx: Ctx, mode: str, model: str, runs: int, mask: str = "", huge_pages: bool = False,
-          runtime: str = "auto", env: dict | None = None) -> dict:
-    """One configuration in a fresh process (bench/ben2_probe.py); adds the CPU share others took meanwhile."""
+          runtime: str = "auto", env: dict | None = None, one_call: bool = False) -> dict:
+    """One configuration in a fresh process (bench/ben2_probe.py); adds the CPU share others took meanwhile.
+    ``one_call``: load and a single timed call (a configuration far slower than the others: enough said)."""
     h, w = ctx.size
-    cmd = [sys.executable, "-m", "bench.ben2_probe", mode, model, "--runs", str(runs), "--size", f"{h},{w}",
-           "--runtime", runtime]
-    if ctx.quick:
-        cmd += ["--max-warmup", "2"]
+    cmd = [sys.executable, "-m", "bench.ben2_probe", mode, model, "--runs", "0" if one_call else str(runs),
+           "--size", f"{h},{w}", "--runtime", runtime]
+    if one_call or ctx.quick:
+        cmd += ["--max-warmup", "1" if one_call else "2"]
     if mask:
         cmd += ["--save-mask", mask]
     snap, load = cpu_snapshot(), load_avg()
@@ -66,7 +68,7 @@ def _fmt_times(p: dict) -> str:
 def section_ben2(ctx: Ctx, sec: Section) -> None:
     from ..flops import count_flops
 
-    path, int8 = ctx.paths["ben2"], ctx.paths.get("ben2_int8")
+    path, int8 = ctx.paths["ben2"], ctx.paths.get("ben2_int8")   # int8: the OpenVINO IR made from path
     refs = [r for r in ctx.paths.get("ben2_references", []) if os.path.isfile(r)]
     own = exporter_of(path)
     exporter = {r: exporter_of(r) for r in refs}           # each call parses a ~400 MB graph: once per file
@@ -84,33 +86,31 @@ def section_ben2(ctx: Ctx, sec: Section) -> None:
     # SafeCut rows run as `python -m safecut run` and the worker image run them: glibc asked for huge pages
     # (safecut/runtime/hugepages.py); the "4 KiB pages" rows are a ComfyUI started without the tunable.
     hp = " huge pages (GLIBC_TUNABLES, as the CLI and worker set it)"
-    configs = [("plain", "plain ORT session, default options (the stand-in)", path),
-               ("safecut", "SafeCut fp32 (ben2.remove_background: no arena, memory pattern, spinning, "
-                           f"threads = cores;{hp})", path),
-               ("safecut-4k", "SafeCut fp32, 4 KiB pages (a ComfyUI started without the tunable)", path)]
+    configs = [("plain", "plain ORT session, default options (the stand-in)", path, "auto"),
+               ("safecut", f"SafeCut auto (ben2.remove_background; what auto ran: see detail;{hp})", path, "auto"),
+               ("safecut-4k", "SafeCut auto, 4 KiB pages (a ComfyUI started without the tunable)", path, "auto")]
     if int8 and os.path.isfile(int8):
-        configs += [("safecut-int8", "SafeCut INT8 (static QDQ: convs + weight linears, per-channel; no memory "
-                                     f"pattern, extended graph level; experimental;{hp})", int8),
-                    ("safecut-int8-4k", "SafeCut INT8, 4 KiB pages (a ComfyUI started without the tunable)", int8)]
-    configs.append(("naive", "the seeds' node (8 intra + 8 inter threads, sequential, torch resize)", path))
+        configs.append(("safecut-int8", f"SafeCut OpenVINO int8 (the NNCF INT8 model of the stand-in;{hp})", path,
+                        "OpenVINO int8"))
+    configs.append(("naive", "the seeds' node (8 intra + 8 inter threads, sequential, torch resize)", path, "auto"))
     for r in refs:
         key = "reference" if r == ref else f"reference-{exporter[r]}"
         configs.append((key, f"plain ORT session, upstream BEN_Base export ({exporter[r]} exporter"
-                             f"{', the reference' if r == ref else ''})", r))
+                             f"{', the reference' if r == ref else ''})", r, "auto"))
     masks_dir = os.path.join(ctx.out, "ben2-masks")
     os.makedirs(masks_dir, exist_ok=True)
     res = {}
-    for key, label, model in configs:
+    for key, label, model, runtime in configs:
         mode = "plain" if key.startswith("reference") else "safecut" if key.startswith("safecut") else key
         ctx.log(f"    ben2: {label} ...")
         res[key] = probe(ctx, mode, model, runs, os.path.join(masks_dir, f"{key}.npy"),
-                         huge_pages=key in ("safecut", "safecut-int8"))
+                         huge_pages=key in ("safecut", "safecut-int8"), runtime=runtime)
         res[key]["label"] = label
     if "safecut-int8" in res:
         a, b = (np.load(os.path.join(masks_dir, f"{k}.npy")) for k in ("safecut", "safecut-int8"))
         res["int8_mask_mae_vs_fp32"] = float(np.abs(a - b).mean())
         res["int8_mask_max_vs_fp32"] = float(np.abs(a - b).max())
-        res["int8_bytes"] = os.path.getsize(int8)
+        res["int8_bytes"] = sum(os.path.getsize(int8[:-4] + ext) for ext in (".xml", ".bin"))
     sec.data["configs"] = res
     ctx.shared["ben2"] = res
     # Count the upstream FLOPs on the export whose shapes ONNX can infer statically: the TorchScript export of
@@ -150,7 +150,7 @@ def section_ben2(ctx: Ctx, sec: Section) -> None:
                 detail="the same upstream code through another exporter: what the exporter alone changes")
     # ---- speed, memory, warm-up -----------------------------------------------------------------------
     base = res["plain"]["steady_s"]
-    for key, _, _ in configs:
+    for key, *_ in configs:
         p = res[key]
         gf = fl["total"] / p["steady_s"] / 1e9      # the references count the same 2,151 GFLOP (faithfulness)
         frac = f"; {gf / gemm * 100:.0f} % of GEMM peak" if gemm else ""
@@ -162,7 +162,7 @@ def section_ben2(ctx: Ctx, sec: Section) -> None:
                 peak_rss=f"{p['peak_mb'] / 1024:.2f} GB", vs_plain=f"×{base / p['steady_s']:.2f}",
                 detail=f"{gf:.0f} GFLOP/s{frac}; load {p['load_s']:.1f} s; warm-ups "
                        f"{', '.join(f'{t:.1f}' for t in p['warmup_s'])} s; others took "
-                       f"{p['other_share'] * 100:.0f} % CPU{extra}")
+                       f"{p['other_share'] * 100:.0f} % CPU; ran: {p['device']}{extra}")
     sec.notes.append(f"Image {ctx.size[1]}×{ctx.size[0]} → {size}² (static batch of 1, as the published file). Each "
                      "row: a fresh process; load, first call, warm-ups until two calls agree within 10 % (≥ 2), "
                      f"then {runs} timed call(s); steady = median (min–max) of every call after the first. Peak RSS = that process's VmHWM (ru_maxrss would carry the bench's own peak over exec). GEMM peak: "

@@ -1,6 +1,8 @@
-"""CPU numerics: every engine's CPU options on this machine (BEN2 on ORT fp32 / ORT INT8 / OpenVINO f32 / OpenVINO
-bf16, NudeNet on ORT / OpenVINO, Florence-2 fp32 / bf16, the llama.cpp build's ISA), with what ``auto`` picks here,
-the difference from fp32 and the fraction of the matching GEMM peak (fp32 and bf16 measured here)."""
+"""CPU numerics: every engine's CPU options on this machine (BEN2 on ORT fp32 / OpenVINO f32 / OpenVINO int8 (NNCF) /
+OpenVINO bf16, and the quality probe that lets ``auto`` use a lower precision; NudeNet on ORT / OpenVINO; Florence-2
+fp32 / bf16; the llama.cpp build's ISA), with what ``auto`` picks here, the difference from f32 and the fraction of
+the GEMM peak (fp32 and bf16 measured here). bf16 without AVX512-BF16/AMX is emulated: the product refuses it and
+runs f32 (BEN2: one call of what really ran), Florence-2's emulated bf16 is timed once, directly."""
 from __future__ import annotations
 
 import os
@@ -52,60 +54,87 @@ def section_cpu(ctx: Ctx, sec: Section) -> None:
             sec.row(table="GEMM peak", what=what, value=f"{v:.1f} GFLOP/s",
                     detail=f"{n_bf16 if 'bf16' in what else 2048}² matmul, best of runs" if what.startswith("torch")
                     else "ORT MatMul sweep")
-    _ben2(ctx, sec, sessions, fp32_peak, peaks["torch bf16"], count_flops)
+    _ben2(ctx, sec, cpu, fp32_peak, count_flops)
     _nudenet(ctx, sec)
     _florence(ctx, sec, cpu)
     _llama(sec, cpu)
     sec.notes.append(f"This machine: {cpu.describe()}; OpenVINO {openvino_session.version()}. 'auto' here: BEN2 "
-                     f"{sessions.cpu_plan('ben2')}, NudeNet {sessions.cpu_plan('nudenet')}, Florence-2 "
-                     f"{cpu.florence_cpu_dtype()}. bf16 rows on a CPU without AMX show what really ran (OpenVINO may "
-                     f"compile a bf16 request as f32 where it finds no bf16 support).")
+                     f"{sec.data['ben2_auto']} (lower precision candidate on this CPU class: "
+                     f"{cpu.ben2_lower_precision() or 'none'}), NudeNet {sessions.cpu_plan('nudenet')}, Florence-2 "
+                     f"{cpu.florence_cpu_dtype()}. BEN2 rows: 'asked' is the cpu_runtime given, 'ran' what the engine "
+                     f"reports; steady = median of the calls after the first; mask difference vs ONNX Runtime fp32. "
+                     f"int8 = the NNCF INT8 model (section builds: its build time and peak RSS). Random weights: the "
+                     f"quality probe's verdict here says nothing about real weights.")
 
 
-def _ben2(ctx, sec, sessions, fp32_peak, bf16_peak, count_flops) -> None:
+def _auto_runtime(path: str) -> str:
+    """The BEN2 CPU runtime ``auto`` runs here (the product's own resolution; the probe has run before)."""
+    from safecut.engines import ben2
+    from safecut.runtime import sessions
+
+    rt = ben2._resolve_auto(path, "CPU", 0, "auto", None)[0]
+    plan = sessions.cpu_plan("ben2")
+    return rt if rt != "auto" else next(k for k, v in sessions._PLAN.items() if v == plan)
+
+
+def _quality_probe(ctx, sec, path: str, candidates: list[str]) -> None:
+    """The product's quality probe (engines.ben2_precision) for each lower precision: its verdict and its cost."""
+    from safecut.engines import ben2
+
+    sec.data["quality_probe"] = {}
+    for precision in candidates:
+        ctx.log(f"    cpu: BEN2 quality probe, {precision} ...")
+        t0 = time.perf_counter()
+        v = ben2.verify_precision(path, precision)
+        cost = time.perf_counter() - t0
+        sec.data["quality_probe"][precision] = dict(v, seconds=cost)
+        figures = (f"IoU {v['iou']:.4f}, mean |Δ| {v['mean_abs']:.4f}, edge p95 {v['edge_p95']:.3f}; "
+                   if "iou" in v else "")
+        sec.row(table="BEN2 quality probe (what lets auto use a lower precision; random weights here)",
+                what=f"{precision} vs f32 on the {v.get('images')} shipped probe photos",
+                verdict="passed" if v["passed"] else "failed", cost=f"{cost:.0f} s (4 BEN2 calls + 2 loads)",
+                detail=f"{figures}{v.get('why', '')}; ran as {v.get('ran_as')}, "
+                       f"{v.get('s_per_image')} vs f32 {v.get('f32_s_per_image')} s per image")
+
+
+def _ben2(ctx, sec, cpu, fp32_peak, count_flops) -> None:
     path, int8 = ctx.paths["ben2"], ctx.paths.get("ben2_int8")
     runs = ctx.runs if ctx.quick else ctx.heavy_runs
     gflop = count_flops(path)["total"] / 1e9
     masks = os.path.join(ctx.out, "cpu-masks")
     os.makedirs(masks, exist_ok=True)
-    blobs = os.path.join(ctx.out, "ov-blobs")
-    configs = [("ort", "ONNX Runtime", path, {}), ("ov-f32", "OpenVINO f32", path, {})]
-    if not ctx.quick:   # the smoke run (--quick) checks the two paths auto can take; the full run has every row
-        configs.append(("ov-bf16", "OpenVINO bf16", path, {}))
-        if int8 and os.path.isfile(int8):
-            configs.insert(1, ("ort-int8", "ONNX Runtime", int8, {}))
-        # OpenVINO's model cache: a first process writes the blob, the measured second one loads it
-        configs.append(("ov-f32-cached", "OpenVINO f32", path, {"SAFECUT_OV_CACHE": "1", "SAFECUT_CACHE_DIR": blobs}))
+    emulated = not cpu.bf16_native()   # the product runs f32 for a bf16 request: one call of that is enough
+    configs = [("ort", "ONNX Runtime"), ("ov-f32", "OpenVINO f32")]
+    if int8 and os.path.isfile(int8):
+        configs.append(("ov-int8", "OpenVINO int8"))
+    configs.append(("ov-bf16", "OpenVINO bf16"))
     res = {}
-    for key, runtime, model, env in configs:
-        ctx.log(f"    cpu: BEN2 {key} ...")
-        if key == "ov-f32-cached":   # a first process compiles and writes the blob
-            subprocess.run([sys.executable, "-c", "import sys; from safecut import ben2; "
-                            "ben2.preload(sys.argv[1], 'CPU', runtime='OpenVINO f32')", model],
-                           cwd=ROOT, env=dict(os.environ, **env), check=True, timeout=1800)
-        res[key] = probe(ctx, "safecut", model, runs, os.path.join(masks, f"{key}.npy"), huge_pages=True,
-                         runtime=runtime, env=env)
+    for key, runtime in configs:
+        ctx.log(f"    cpu: BEN2 {runtime} ...")
+        res[key] = probe(ctx, "safecut", path, runs, os.path.join(masks, f"{key}.npy"), huge_pages=True,
+                         runtime=runtime, one_call=key == "ov-bf16" and emulated)
+    candidates = [p for p in ("int8", cpu.ben2_lower_precision()) if p and (p != "int8" or "ov-int8" in res)]
+    _quality_probe(ctx, sec, path, list(dict.fromkeys(candidates)))
+    auto = _auto_runtime(path)
     ref = np.load(os.path.join(masks, "ort.npy"))
     sec.data["ben2"] = res
-    auto = sessions.cpu_plan("ben2")
-    for key, runtime, model, _ in configs:
+    sec.data["ben2_auto"] = auto
+    size = ctx.builds.get("ben2", {}).get("size", 1024)
+    for key, runtime in configs:
         p = res[key]
         m = np.load(os.path.join(masks, f"{key}.npy"))
         diff = np.abs(m - ref)
         p["mask_mean_abs_vs_fp32"], p["mask_max_abs_vs_fp32"] = float(diff.mean()), float(diff.max())
         gf = gflop / p["steady_s"]
-        peak = bf16_peak if "bf16" in p["device"] else fp32_peak
-        kind = "bf16" if "bf16" in p["device"] else "fp32"
-        is_auto = (sessions.cpu_plan("ben2", runtime, quantized=model == int8) == auto and model == path
-                   and key != "ov-f32-cached")
-        size = ctx.builds.get("ben2", {}).get("size", 1024)
-        sec.row(table=f"BEN2 {size}² (fresh process per row{', QUICK reduced build' if ctx.quick else ''})", what=p["device"] + (" (INT8 file)" if key == "ort-int8" else "")
-                + (", model cache on (2nd process)" if key == "ov-f32-cached" else "") + (" ← auto" if is_auto else ""),
+        refused = runtime == "OpenVINO bf16" and emulated
+        note = "bf16 emulated: refused, ran f32; one call" if refused else ""
+        sec.row(table=f"BEN2 {size}² (fresh process per row{', QUICK reduced build' if ctx.quick else ''})",
+                asked=runtime + (" ← auto" if runtime == auto else ""), ran=p["device"] + (f" ({note})" if note else ""),
                 steady=_fmt_times(p), first_call=f"{p['first_s']:.2f} s", load=f"{p['load_s']:.2f} s",
-                peak_rss=f"{p['peak_mb'] / 1024:.2f} GB",
-                vs_fp32=f"mean |Δ| {p['mask_mean_abs_vs_fp32']:.4f}, max {p['mask_max_abs_vs_fp32']:.4f}",
-                detail=f"{gf:.0f} GFLOP/s = {gf / peak * 100:.0f} % of the {kind} GEMM peak; others took "
-                       f"{p['other_share'] * 100:.0f} % CPU" if peak else "")
+                peak_rss=f"{p['peak_mb'] / 1024:.2f} GB", vs_ov_f32=f"×{res['ov-f32']['steady_s'] / p['steady_s']:.2f}",
+                mask_vs_f32=f"mean |Δ| {p['mask_mean_abs_vs_fp32']:.4f}, max {p['mask_max_abs_vs_fp32']:.4f}",
+                detail=f"{gf:.0f} GFLOP/s{' fp32-equivalent' if key == 'ov-int8' else ''} = {gf / fp32_peak * 100:.0f} % "
+                       f"of the fp32 GEMM peak; others took {p['other_share'] * 100:.0f} % CPU")
 
 
 def _nudenet(ctx, sec) -> None:
@@ -144,10 +173,11 @@ def _florence(ctx, sec, cpu) -> None:
     B, T = 4, 8 if ctx.quick else ctx.florence_tokens
     images = make_images(B, ctx.size, seed=5)
     out, caps = {}, {}
+    emulated = not cpu.bf16_native()   # the product refuses bf16 there (fp32 runs); timed here directly, once
     for dtype in ("fp32", "bf16"):
-        fm = florence.load_model(path, "cpu", dtype)
+        fm = florence.load_model(path, "cpu", dtype)   # the dtype as given: no precision resolution
         fm.model.generation_config.min_new_tokens = T
-        slow = dtype == "bf16" and not cpu.has("avx512_bf16")   # emulated bf16: one call says enough
+        slow = dtype == "bf16" and emulated
         st = measure(lambda: florence.generate_captions(fm, images, "more detailed caption", max_new_tokens=T,
                                                         num_beams=3, batch_size=B), 1 if slow else ctx.heavy_runs,
                      warmup=0 if slow else 1)
@@ -155,10 +185,16 @@ def _florence(ctx, sec, cpu) -> None:
         fm.close()
         out[dtype] = st
     same = sum(a == b for a, b in zip(caps["fp32"], caps["bf16"])) / B
-    sec.data["florence"] = {"fp32": out["fp32"], "bf16": out["bf16"], "same_captions": same}
+    product = florence.resolve_precision("bf16", "CPU")
+    sec.data["florence"] = {"fp32": out["fp32"], "bf16": out["bf16"], "same_captions": same, "bf16_emulated": emulated,
+                            "bf16_asked_runs": product}
     for dtype in ("fp32", "bf16"):
         per = out[dtype]["median"] / B
-        sec.row(table=f"Florence-2-base, batch {B}, 3 beams, {T} tokens", what=dtype + (" ← auto" if
+        what = dtype
+        if dtype == "bf16" and emulated:
+            what = (f"bf16 emulated (timed directly with torch, one call; asked of the product, it runs "
+                    f"{product[0]}: {product[1]})")
+        sec.row(table=f"Florence-2-base, batch {B}, 3 beams, {T} tokens", what=what + (" ← auto" if
                 cpu.florence_cpu_dtype() == dtype else ""), per_image=f"{per:.2f} s",
                 vs_fp32=(f"×{out['fp32']['median'] / out[dtype]['median']:.2f}; captions equal in {same * 100:.0f} %"
                          if dtype == "bf16" else ""), detail=f"batch {_fs(out[dtype])}")

@@ -15,11 +15,17 @@ from .base import ROOT, Ctx, _fs, _quiet_transformers, make_images, page_env
 
 # ---- full pipeline ---------------------------------------------------------------------------------------
 def _models_root(ctx: Ctx) -> str:
-    """A SAFECUT_MODELS_DIR whose folders hold the bench models (symlinks)."""
+    """A SAFECUT_MODELS_DIR whose folders hold the bench models (symlinks; BEN2's INT8 IR where the product looks
+    for it, ``safecut-int8/`` beside the model)."""
     root = os.path.join(ctx.out, "models-view")
-    for kind, key in (("ben2", _ben2_key(ctx)), ("ben2", _ben2_key(ctx) + "_int8"), ("florence2", "florence"),
-                      ("LLM", "llama_Q4_K_M")):
-        src = ctx.paths.get(key)
+    key = _ben2_key(ctx)
+    int8 = ctx.paths.get(key + "_int8")
+    links = [("ben2", ctx.paths.get(key)), ("florence2", ctx.paths.get("florence")),
+             ("LLM", ctx.paths.get("llama_Q4_K_M"))]
+    if int8 and os.path.isfile(int8):
+        links += [(os.path.join("ben2", os.path.basename(os.path.dirname(int8))), int8[:-4] + ext)
+                  for ext in (".xml", ".bin")]
+    for kind, src in links:
         if not src:
             continue
         d = os.path.join(root, kind)
@@ -77,6 +83,7 @@ def run_variant(a: dict) -> dict:
         for k, v in (r.get("timings") or {}).items():
             timings[k] = timings.get(k, 0.0) + v / len(reports)
     return {"per_image": stats(samples), "first_run_1_image": cold, "stage_per_image": timings,
+            "devices": reports[0].get("devices") if reports else {},
             "verdicts": [r.get("verdict") for r in reports], "decided_by": [r.get("decided_by") for r in reports],
             "peak_mb": peak_mb(), "low_memory": opts.low_memory}
 
@@ -87,50 +94,64 @@ def section_pipeline(ctx: Ctx, sec: Section) -> None:
     src = _write_images(ctx, N, "pipeline-in")
     warm_src = _write_images(ctx, 1, "pipeline-warm")
     T = 8 if ctx.quick else ctx.florence_tokens
-    key = _ben2_key(ctx)
-    variants = [("fp32", ctx.paths[key], False)]
-    if ctx.paths.get(key + "_int8"):
-        variants.append(("int8", ctx.paths[key + "_int8"], False))
-    # --low-memory: each model released after its stage (reloaded per chunk; here one chunk per run)
-    variants += [(f"{label} low-memory", path, True) for label, path, _ in list(variants)]
+    ben2_model = os.path.basename(ctx.paths[_ben2_key(ctx)])
+    int8 = ctx.paths.get(_ben2_key(ctx) + "_int8")
+    # (label, cpu_runtime, low_memory): the headline is `auto`; --low-memory releases each model after its stage
+    variants = [("auto", "auto", False)]
+    if int8 and os.path.isfile(int8):
+        variants.append(("OpenVINO int8", "OpenVINO int8", False))
+    variants.append(("auto low-memory", "auto", True))
     runs = 1 if ctx.quick else max(1, min(ctx.heavy_runs, 2))
     gemm = ctx.shared.get("gemm_gflops")
     res = {}
-    for label, ben2_path, low_memory in variants:
-        opts = dict(ben2_model=os.path.basename(ben2_path), device="CPU", batch_size=N, caption=True, low_memory=low_memory,
-                    florence_model=os.path.basename(ctx.paths["florence"]), task="more detailed caption",
-                    max_new_tokens=T, num_beams=3, nudenet=bool(ctx.paths.get("nudenet")), gate=True,
-                    classify=True, llm_model=os.path.basename(ctx.paths["llama_Q4_K_M"]))
+    for label, runtime, low_memory in variants:
+        opts = dict(ben2_model=ben2_model, cpu_runtime=runtime, device="CPU", batch_size=N, caption=True,
+                    low_memory=low_memory, florence_model=os.path.basename(ctx.paths["florence"]),
+                    task="more detailed caption", max_new_tokens=T, num_beams=3, nudenet=bool(ctx.paths.get("nudenet")),
+                    gate=True, classify=True, llm_model=os.path.basename(ctx.paths["llama_Q4_K_M"]))
         args = dict(root=root, opts=opts, warm_src=warm_src, src=src, n=N, runs=runs,
                     out=os.path.join(ctx.out, f"pipeline-out-{label.replace(' ', '-')}"))
         res[label] = _probe(label, args)
-        st, timings = res[label]["per_image"], res[label]["stage_per_image"]
-        stages = ", ".join(f"{k} {v:.2f} s" for k, v in timings.items())
-        sec.row(what=f"cpu-full pipeline per image, warm, BEN2 {label} (python -m safecut run: BEN2 + Florence-2 "
-                     f"caption + NudeNet + gate + Llama), {N} images/run",
-                value=_fs(st), peak_rss=f"{res[label]['peak_mb'] / 1024:.2f} GB", detail=stages)
+        sec.row(what=f"cpu-full pipeline per image, warm, cpu_runtime {label} (python -m safecut run: BEN2 + "
+                     f"Florence-2 caption + NudeNet + gate + Llama), {N} images/run",
+                value=_fs(res[label]["per_image"]), peak_rss=f"{res[label]['peak_mb'] / 1024:.2f} GB",
+                ran=_ran(res[label]), detail=_stages(res[label]))
     # The 4 GB worker itself: a hard 4 GiB limit, default options (low-memory by itself) and models kept
-    for mode, low in (("default options", "auto"), ("models kept", False)) if not ctx.quick and len(variants) > 2 else ():
-        label = f"{variants[1][0]}, {mode}, 4 GiB memory cgroup"
-        opts = dict(opts, ben2_model=os.path.basename(variants[1][1]), low_memory=low)
-        args = dict(args, opts=opts, out=os.path.join(ctx.out, f"pipeline-out-cgroup-{low}"))
+    opts = dict(opts, cpu_runtime="auto")
+    for mode, low in (("default options", "auto"), ("models kept", False)) if not ctx.quick else ():
+        label = f"auto, {mode}, 4 GiB memory cgroup"
+        args = dict(args, opts=dict(opts, low_memory=low), out=os.path.join(ctx.out, f"pipeline-out-cgroup-{low}"))
         res[label] = r = _limited(label, args, 4 << 30)
         if r.get("unmeasured"):
             sec.notes.append(f"{label}: not measured ({r['unmeasured']}).")
             continue
-        sec.row(what=f"cpu-full pipeline per image, warm, BEN2 {label} (python -m safecut run), {N} images/run",
+        sec.row(what=f"cpu-full pipeline per image, warm, cpu_runtime {label} (python -m safecut run), {N} images/run",
                 value=_fs(r["per_image"]) if "per_image" in r else r["error"],
-                peak_rss=f"{r['peak_mb'] / 1024:.2f} GB" if "peak_mb" in r else "",
+                peak_rss=f"{r['peak_mb'] / 1024:.2f} GB" if "peak_mb" in r else "", ran=_ran(r),
                 detail=f"low-memory: {r.get('low_memory')}; cgroup peak {r['cgroup_peak'] / 2**30:.2f} GiB (its page "
                        f"cache included; model files the bench cached before count in RSS, not here); OOM kills "
                        f"{r['oom_kills']}")
     ctx.shared["pipeline"] = res
     sec.data.update(res)
+    from safecut.runtime import cpu
+
+    sec.data["cpu_class"] = cpu.cpu_class()
     sec.notes.append("Each variant in a fresh process (peak RSS = its VmHWM: every model of the pipeline loaded "
                      "in one process, as in ComfyUI — the low-memory rows release each after its stage and reload it per run; "
                      "huge pages asked of glibc, as `python -m safecut run` does). Random-weight captions contain no gate keyword, so every "
                      "image goes to the classifier (worst case for the gate). Stage times are the report's "
                      "per-image averages." + (f" GEMM peak of this machine: {gemm} GFLOP/s fp32." if gemm else ""))
+
+
+def _ran(r: dict) -> str:
+    """What ran BEN2 and NudeNet (the report's device names), e.g. 'BEN2 CPU · OpenVINO f32; NudeNet CPU · ...'."""
+    d = r.get("devices") or {}
+    return "; ".join(f"{name} {d[k]}" for k, name in (("ben2", "BEN2"), ("nudenet", "NudeNet")) if d.get(k))
+
+
+def _stages(r: dict) -> str:
+    return ", ".join(f"{k} {v:.2f} s" for k, v in r.get("stage_per_image", {}).items()) + \
+        f"; first run (1 image, loads included) {r.get('first_run_1_image', 0):.1f} s"
 
 
 def _probe(label: str, args: dict, preexec=None) -> dict:

@@ -11,7 +11,7 @@ from .base import CAPTIONS, Ctx, _fs, _pil, _quiet_transformers, _unload_all, ma
 from .llama import _classifier
 
 
-# ---- tuning sweeps (opt-in: --only tune-ben2,tune-florence,tune-llama,tune-int8) ---------------------------
+# ---- tuning sweeps (opt-in: --only tune-ben2,tune-florence,tune-llama) --------------------------------
 def _ort_session(path, threads, spinning, mode="seq", opt="all", inter=1):
     import onnxruntime as ort
 
@@ -46,81 +46,6 @@ def section_tune_ben2(ctx: Ctx, sec: Section) -> None:
         sec.row(config=key, run=_fs(st), session=f"{load:.2f} s")
         del s
     sec.data["configs"] = out
-
-
-def section_tune_int8(ctx: Ctx, sec: Section) -> None:
-    from safecut.engines.ben2_quantize import METHODS, quantize_ben2
-
-    path = ctx.paths["ben2"]
-    x = np.random.default_rng(0).random((1, 3, 1024, 1024), dtype=np.float32)
-    runs = 2 if not ctx.quick else ctx.runs
-    cores = os.cpu_count() or 1
-    out = {}
-    s, load = _ort_session(path, cores, False)
-    st = measure(lambda: s.run(None, {"input": x}), runs, warmup=1)
-    ref = np.asarray(st["_result"][0], np.float32)
-    out["fp32"] = dict(st, load=load, bytes=os.path.getsize(path))
-    sec.row(variant="fp32", run=_fs(st), session=f"{load:.2f} s", size=f"{os.path.getsize(path) / 1e6:.0f} MB",
-            quantize="–", mae="–")
-    del s
-    for method in METHODS:
-        dst = os.path.join(ctx.out, f"tune-{method}.onnx")
-        t0 = time.perf_counter()
-        quantize_ben2(path, dst, method=method)
-        qt = time.perf_counter() - t0
-        s, load = _ort_session(dst, cores, False)
-        st = measure(lambda: s.run(None, {"input": x}), runs, warmup=1)
-        mae = float(np.abs(np.asarray(st["_result"][0], np.float32) - ref).mean())
-        out[method] = dict(st, load=load, bytes=os.path.getsize(dst), quantize_seconds=qt, mae=mae)
-        sec.row(variant=f"dynamic int8: {method} (QOperator)", run=_fs(st), session=f"{load:.2f} s",
-                size=f"{os.path.getsize(dst) / 1e6:.0f} MB", quantize=f"{qt:.1f} s", mae=f"{mae:.4f}")
-        del s
-        os.remove(dst)
-    # QDQ weight-only: int8 weights + DequantizeLinear feeding float MatMuls
-    dst = os.path.join(ctx.out, "tune-qdq.onnx")
-    t0 = time.perf_counter()
-    qdq_weight_only(path, dst)
-    qt = time.perf_counter() - t0
-    s, load = _ort_session(dst, cores, False)
-    st = measure(lambda: s.run(None, {"input": x}), runs, warmup=1)
-    mae = float(np.abs(np.asarray(st["_result"][0], np.float32) - ref).mean())
-    out["qdq-weight-only"] = dict(st, load=load, bytes=os.path.getsize(dst), quantize_seconds=qt, mae=mae)
-    sec.row(variant="QDQ weight-only (int8 weights → DequantizeLinear → fp32 MatMul)", run=_fs(st),
-            session=f"{load:.2f} s", size=f"{os.path.getsize(dst) / 1e6:.0f} MB", quantize=f"{qt:.1f} s",
-            mae=f"{mae:.4f}")
-    os.remove(dst)
-    sec.data["variants"] = out
-    sec.notes.append("mae = mean |mask - fp32 mask| on one random image (random weights: indicative only).")
-
-
-def qdq_weight_only(src: str, dst: str) -> None:
-    """int8 per-tensor symmetric weights + DequantizeLinear for every MatMul with a constant weight."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    m = onnx.load(src)
-    g = m.graph
-    inits = {t.name: t for t in g.initializer}
-    new_nodes, drop = [], set()
-    for n in g.node:
-        if n.op_type == "MatMul" and n.input[1] in inits and n.input[1] not in drop:
-            w = numpy_helper.to_array(inits[n.input[1]])
-            scale = np.float32(max(np.abs(w).max(), 1e-8) / 127.0)
-            q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
-            base = n.input[1]
-            g.initializer.append(numpy_helper.from_array(q, base + "_q"))
-            g.initializer.append(numpy_helper.from_array(np.array(scale, np.float32), base + "_s"))
-            g.initializer.append(numpy_helper.from_array(np.array(0, np.int8), base + "_z"))
-            new_nodes.append(helper.make_node("DequantizeLinear", [base + "_q", base + "_s", base + "_z"], [base + "_dq"]))
-            n.input[1] = base + "_dq"
-            drop.add(base)
-    keep = [t for t in g.initializer if t.name not in drop]
-    del g.initializer[:]
-    g.initializer.extend(keep)
-    nodes = new_nodes + list(g.node)
-    del g.node[:]
-    g.node.extend(nodes)
-    onnx.save(m, dst)
 
 
 def _bf16_vision(fm):
