@@ -73,6 +73,7 @@ async function nodeClip(page, nodeId) {
 
     const wf = JSON.parse(fs.readFileSync(cfg.workflow, "utf8"));
     report.extension_loaded = await page.evaluate(() => typeof window.safecutFormatResult === "function");
+    report.frontend = await page.evaluate(() => window.__COMFYUI_FRONTEND_VERSION__ || null);
     const loaded = await page.evaluate(async ({ wf, widgets }) => {
       const app = window.app;
       const types = [...new Set(wf.nodes.map((n) => n.type))];
