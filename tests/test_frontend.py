@@ -228,9 +228,13 @@ def test_example_workflow_runs_in_the_browser(browser_tools, comfy, shots, workf
             assert "not needed" in r["result"], r["result"]
     for r in by_type(results, "SafeCutSaveCutout"):
         assert r["result"] and r["result"].startswith("saved "), r
-        # the node previews the cut-outs it saved (not the JSON report it also lists in ui.images)
+        # the node previews the cut-outs it saved. The JSON report is listed in ui.images too (worker-comfyui
+        # returns only those files); frontend 1.49 keeps it in its preview list (it takes every "images" entry for
+        # an image) but draws nothing for it, so only the report may be there besides the PNGs
         saved = int(r["result"].split()[1])
-        assert r["previews"] == saved and all(".png" in s for s in r["preview_srcs"]), r["preview_srcs"]
+        pngs = [s for s in r["preview_srcs"] if ".png" in s]
+        assert len(pngs) == saved, r["preview_srcs"]
+        assert all(".png" in s or "_report.json" in s for s in r["preview_srcs"]), r["preview_srcs"]
 
     # nodes keep their size: never below what they had or what their widgets need; keyword lists keep lines
     before = {nid: (h, mh) for nid, h, mh in run["heights_before"]}

@@ -269,9 +269,12 @@ def test_handler_returns_core_saveimage_output(worker, comfy, tmp_path):
 
 @pytest.mark.parametrize("name", API_WORKFLOWS)
 def test_safecut_report_and_png_verdicts_reach_the_result(worker, comfy, tmp_path, name):
-    """Each shipped API workflow, with the tiny models, through the stock handler. Gated workflows save SAFE
-    images only: every image the report says was saved comes back as a PNG carrying its verdict."""
+    """Each shipped API workflow, with the tiny models, through the stock handler. Save Cutout's save_unsafe is
+    switched on (the tiny classifier may call both images UNSAFE, and a gated workflow as shipped would then
+    return no PNG): every image comes back as a PNG carrying the verdict its report row has."""
     wf = H.tiny_api_workflow(H.load_api_workflow(name))
+    for nid in H.nodes_of(wf, "SafeCutSaveCutout"):
+        wf[nid]["inputs"]["save_unsafe"] = True
     images = input_images(tmp_path)
     payload = client.make_payload(wf, images)
     result = run_handler(worker, payload, f"job-{name}")
@@ -279,29 +282,29 @@ def test_safecut_report_and_png_verdicts_reach_the_result(worker, comfy, tmp_pat
     assert not result.get("errors"), result["errors"]
     names = [i["filename"] for i in result["images"]]
     assert any(n.endswith("_report.json") for n in names), names
+    assert sum(n.endswith(".png") for n in names) == len(images), names
 
     res = client.collect_worker_output(result)
     lines, errors = client.save_and_report(res, str(tmp_path / "out"))
     assert not res.errors and not errors
     pngs = [ln for ln in lines if ln.file.endswith(".png")]
+    assert len(pngs) == len(images)
     report_path = next(os.path.join(tmp_path, "out", n) for n in os.listdir(tmp_path / "out")
                        if n.endswith("_report.json"))
     with open(report_path) as f:
         report = json.load(f)
-    rows = client.report_entries(report)
-    assert sorted(r.get("source") or r.get("file") for r in rows) == ["shot_a.png", "shot_b.png"]
-    saved = [r for r in rows if r["saved"]]
-    assert len(pngs) == len(saved) == sum(n.endswith(".png") for n in names), (names, rows)
-    if not H.nodes_of(wf, "SafeCutKeywordGate"):  # no gate: every image is cut out and saved
-        assert len(saved) == len(images), rows
+    rows = {r.get("source") or r.get("file"): r for r in client.report_entries(report)}
+    assert sorted(rows) == ["shot_a.png", "shot_b.png"]
+    gated = bool(H.nodes_of(wf, "SafeCutKeywordGate"))
     for ln in pngs:  # every returned PNG carries its verdict entry in the "safecut" text chunk
         meta, note = client.read_png_verdict(ln.file)
         assert meta is not None, note
-        row = next(r for r in saved if r["source"] == meta.get("source"))
+        row = rows[meta.get("source")]
         assert meta.get("verdict") == row.get("verdict"), (meta, row)
+        assert not gated or meta["verdict"] in ("SAFE", "UNSAFE"), meta
     # the stand-ins used (reported so a run with the real modules can be told apart)
-    print(f"ComfyUI {comfy.version}; {name}: verdicts {[r.get('verdict') for r in rows]}; worker handler from "
-          f"{WORKER_DIR}; stand-ins: {worker._safecut_stubs}")
+    print(f"ComfyUI {comfy.version}; {name}: verdicts {[r.get('verdict') for r in rows.values()]}; worker handler "
+          f"from {WORKER_DIR}; stand-ins: {worker._safecut_stubs}")
 
 
 def test_missing_upload_is_an_error_not_a_silent_success(worker, comfy, tmp_path):
