@@ -99,7 +99,7 @@ def wrap_free_memory() -> None:
     if original is None or getattr(original, _MARK, False):
         return
 
-    @functools.wraps(original)
+    @functools.wraps(original)  # *args/**kwargs: keep_loaded, and 0.33's for_dynamic/pins_required/ram_required
     def free_memory(memory_required, device, *args, **kwargs):
         try:   # ComfyUI's own calls look this module global up at call time, so they come through here too
             if getattr(device, "type", None) != "cpu" and mm.get_free_memory(device) < memory_required:

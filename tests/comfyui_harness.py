@@ -2,11 +2,14 @@
 
 Used by tests/test_comfyui_integration.py, tests/test_frontend.py and tests/test_worker_handler.py.
 
-* ``COMFYUI_DIR`` points at a ComfyUI checkout (with main.py); nothing in it is modified. ComfyUI runs from
+* ``COMFYUI_DIRS`` lists ComfyUI checkouts (with main.py; ``:``-separated, CI: 0.3.64 and 0.33.0), else
+  ``COMFYUI_DIR`` names one. The tests' ``comfy`` fixtures are parametrized over them (``comfyui_params``), so
+  every test runs once per ComfyUI, one server at a time. Nothing in a checkout is modified. ComfyUI runs from
   there with ``--cpu --listen 127.0.0.1 --port <free> --base-directory <tmp>``: the temporary base holds
   ``custom_nodes/comfyui-safecut`` (a symlink to this repository), ``models/`` with the tiny test models,
   ``input/``, ``output/``, ``user/`` and ``temp/``. Its database lives in memory.
-* Python: ``$COMFYUI_PYTHON``, else ``$COMFYUI_DIR/.venv/bin/python``, else this interpreter.
+* Python: each checkout's ``.venv/bin/python`` (with a single ``COMFYUI_DIR``: ``$COMFYUI_PYTHON`` first, and
+  this interpreter when there is no .venv).
 * Tiny models (built locally, no network): BEN2 as ``tiny-ben2.onnx`` and Florence-2 as ``tiny-florence``
   (the registry's real names are checksum-verified, so a tiny file under them would be refused), the Llama
   classifier as ``Llama-Guard-3-1B_<quant>.gguf``: an accepted naming variant of the family that is not a
@@ -21,6 +24,7 @@ import contextlib
 import copy
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -47,28 +51,49 @@ TINY_WIDGETS = {
 
 
 # ---- where things are --------------------------------------------------------------------------------------
-def comfyui_dir() -> str:
-    return os.environ.get("COMFYUI_DIR", "")
+def comfyui_dirs() -> list[str]:
+    """The ComfyUI checkouts the tests run against: $COMFYUI_DIRS, else $COMFYUI_DIR, else none."""
+    many = [d for d in os.environ.get("COMFYUI_DIRS", "").split(os.pathsep) if d]
+    return many or [d for d in [os.environ.get("COMFYUI_DIR", "")] if d]
 
 
-def skip_reason() -> str | None:
-    """Why the ComfyUI tests cannot run here (None when they can)."""
-    d = comfyui_dir()
+def comfyui_version(comfyui: str) -> str:
+    try:
+        text = Path(comfyui, "comfyui_version.py").read_text()
+    except OSError:
+        return "unknown"
+    m = re.search(r'__version__ = "([^"]+)"', text)
+    return m.group(1) if m else "unknown"
+
+
+def comfyui_params() -> list:
+    """pytest params for a ``comfy`` fixture: one per ComfyUI checkout, id ``comfyui-<version>`` (or one that
+    skips with the reason when none is set)."""
+    import pytest
+
+    dirs = comfyui_dirs()
+    return ([pytest.param(d, id=f"comfyui-{comfyui_version(d)}") for d in dirs]
+            or [pytest.param("", id="no-comfyui")])
+
+
+def skip_reason(comfyui: str) -> str | None:
+    """Why the tests cannot run against this ComfyUI checkout (None when they can)."""
+    d = comfyui
     if not d:
-        return ("set COMFYUI_DIR to a ComfyUI checkout (e.g. COMFYUI_DIR=/work/comfyui) to run the tests "
-                "against a real ComfyUI")
+        return ("set COMFYUI_DIR to a ComfyUI checkout (e.g. COMFYUI_DIR=/work/comfyui), or COMFYUI_DIRS to several "
+                "(':'-separated), to run the tests against a real ComfyUI")
     if not os.path.isfile(os.path.join(d, "main.py")):
-        return f"COMFYUI_DIR={d} has no main.py: not a ComfyUI checkout"
-    py = comfyui_python()
+        return f"{d} has no main.py: not a ComfyUI checkout"
+    py = comfyui_python(d)
     if not (os.path.isfile(py) and os.access(py, os.X_OK)):
-        return f"ComfyUI's Python {py} is not an executable (set COMFYUI_PYTHON)"
+        return f"ComfyUI's Python {py} is not an executable (give {d} a .venv, or set COMFYUI_PYTHON)"
     return None
 
 
-def comfyui_python() -> str:
-    if os.environ.get("COMFYUI_PYTHON"):
+def comfyui_python(comfyui: str) -> str:
+    if os.environ.get("COMFYUI_PYTHON") and not os.environ.get("COMFYUI_DIRS"):
         return os.environ["COMFYUI_PYTHON"]
-    venv = os.path.join(comfyui_dir(), ".venv", "bin", "python")
+    venv = os.path.join(comfyui, ".venv", "bin", "python")
     return venv if os.path.exists(venv) else sys.executable
 
 
@@ -159,8 +184,9 @@ class PromptRejected(Exception):
 class ComfyUI:
     """HTTP client for one running ComfyUI (127.0.0.1 only)."""
 
-    def __init__(self, url: str, proc: subprocess.Popen, base: Path, log_path: Path):
+    def __init__(self, url: str, proc: subprocess.Popen, base: Path, log_path: Path, comfyui: str):
         self.url, self.proc, self.base, self.log_path = url, proc, Path(base), Path(log_path)
+        self.comfyui, self.version = comfyui, comfyui_version(comfyui)   # the checkout and its version
         self.port = int(url.rsplit(":", 1)[1])
         self.client_id = uuid.uuid4().hex
 
@@ -271,10 +297,10 @@ def describe_failure(entry: dict) -> str:
 
 
 @contextlib.contextmanager
-def running_comfyui(base: Path, *, env: dict | None = None, extra_args: tuple[str, ...] = (),
+def running_comfyui(base: Path, comfyui: str, *, env: dict | None = None, extra_args: tuple[str, ...] = (),
                     start_timeout: float = START_TIMEOUT_S):
-    """Starts ComfyUI on a free port with ``base`` as --base-directory; stops it on exit."""
-    reason = skip_reason()
+    """Starts the ComfyUI checkout ``comfyui`` on a free port with ``base`` as --base-directory; stops it on exit."""
+    reason = skip_reason(comfyui)
     if reason:
         raise RuntimeError(reason)
     base = make_base(Path(base))
@@ -286,13 +312,13 @@ def running_comfyui(base: Path, *, env: dict | None = None, extra_args: tuple[st
     run_env.update(env or {})
     if os.environ.get("COMFYUI_FRONTEND_ROOT"):  # another frontend build (e.g. the newest on PyPI), served as is
         extra_args = ("--front-end-root", os.environ["COMFYUI_FRONTEND_ROOT"], *extra_args)
-    cmd = [comfyui_python(), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+    cmd = [comfyui_python(comfyui), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
            "--disable-auto-launch", "--base-directory", str(base), "--database-url", "sqlite:///:memory:",
            *extra_args]
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=comfyui_dir(), stdout=log, stderr=subprocess.STDOUT, env=run_env,
+        proc = subprocess.Popen(cmd, cwd=comfyui, stdout=log, stderr=subprocess.STDOUT, env=run_env,
                                 start_new_session=True)
-    server = ComfyUI(f"http://127.0.0.1:{port}", proc, base, log_path)
+    server = ComfyUI(f"http://127.0.0.1:{port}", proc, base, log_path, comfyui)
     try:
         deadline = time.monotonic() + start_timeout
         t0 = time.monotonic()
@@ -318,3 +344,24 @@ def running_comfyui(base: Path, *, env: dict | None = None, extra_args: tuple[st
                 proc.kill()
                 proc.wait(timeout=15)
 
+
+
+# ---- for the tests' module-scoped ``comfy`` fixtures (params=comfyui_params()) ---------------------------------
+def skip_unless_runnable(comfyui: str) -> None:
+    import pytest
+
+    reason = skip_reason(comfyui)
+    if reason:
+        pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def serving(base: Path, comfyui: str, **kwargs):
+    """running_comfyui for a fixture: a ComfyUI that does not start is one clear failure, with its log tail."""
+    import pytest
+
+    try:
+        with running_comfyui(base, comfyui, **kwargs) as server:
+            yield server
+    except RuntimeError as exc:
+        pytest.fail(str(exc))

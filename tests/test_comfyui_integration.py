@@ -1,10 +1,11 @@
 """SafeCut inside a real ComfyUI, through its HTTP API (/object_info, /prompt, /history, /view, /free).
 
-Opt-in (CI has no ComfyUI; every test here skips with the reason when COMFYUI_DIR is unset):
+Opt-in (every test here skips with the reason when neither COMFYUI_DIR nor COMFYUI_DIRS is set; CI sets
+COMFYUI_DIRS to 0.3.64 and 0.33.0, and every test runs once per ComfyUI):
 
     COMFYUI_DIR=/work/comfyui .venv/bin/python -m pytest tests/test_comfyui_integration.py -v
 
-One ComfyUI per module (tests/comfyui_harness.py): --cpu, 127.0.0.1, a free port, a temporary
+One ComfyUI at a time per module (tests/comfyui_harness.py): --cpu, 127.0.0.1, a free port, a temporary
 --base-directory whose custom_nodes/comfyui-safecut links to this repository and whose models/ holds the tiny
 test models (BEN2 ``tiny-ben2.onnx``, Florence-2 ``tiny-florence``, the Llama classifier as
 ``Llama-Guard-3-1B_<quant>.gguf``; NudeNet's bundled 320n). Every test reads its own input sub-folder, so no
@@ -15,7 +16,9 @@ from __future__ import annotations
 import glob
 import io
 import json
+import os
 import re
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -25,7 +28,7 @@ import pytest
 import comfyui_harness as H
 from safecut import contract as C
 
-pytestmark = [pytest.mark.comfyui, pytest.mark.skipif(H.skip_reason() is not None, reason=H.skip_reason() or "")]
+pytestmark = pytest.mark.comfyui
 
 API_WORKFLOWS = sorted(glob.glob(str(H.ROOT / "api_workflows" / "*.json")))
 MODULE = f"custom_nodes.{H.PACK_FOLDER}"
@@ -37,20 +40,18 @@ MODEL_NODES = (BEN2, FLORENCE, NUDENET)
 IMAGES = ("shot_a.png", "shot_b.png")
 
 
-@pytest.fixture(scope="module")
-def comfy(tmp_path_factory):
+@pytest.fixture(scope="module", params=H.comfyui_params())
+def comfy(request, tmp_path_factory):
+    H.skip_unless_runnable(request.param)
     base = tmp_path_factory.mktemp("comfy_integration")
     H.make_base(base)
     t0 = time.monotonic()
     H.build_tiny_models(base / "models", ben2=True, florence=True, gguf_quants=("Q4_K_M", "Q8_0"))
     built = time.monotonic() - t0
-    try:
-        with H.running_comfyui(base) as server:
-            print(f"\ntiny models built in {built:.1f}s; ComfyUI {server.url} answered after "
-                  f"{server.start_seconds:.1f}s (log {server.log_path})")
-            yield server
-    except RuntimeError as exc:  # did not start: one clear failure, with the log tail
-        pytest.fail(str(exc))
+    with H.serving(base, request.param) as server:
+        print(f"\ntiny models built in {built:.1f}s; ComfyUI {server.version} {server.url} answered after "
+              f"{server.start_seconds:.1f}s (log {server.log_path})")
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +142,19 @@ def test_model_dropdowns_list_the_models_on_disk(object_info):
     assert H.TINY_FLORENCE in florence
     assert "Llama-Guard-3-1B" in family and "custom: Llama-Guard-3-1B_Q4_K_M.gguf" in family
     assert "320n.onnx" in object_info[NUDENET]["input"]["required"]["model"][0]
+
+
+def test_search_aliases_reach_the_frontend_once(comfy, object_info):
+    """0.3.64's /object_info leaves V1 SEARCH_ALIASES out (the pack serves them for js/safecut.js to fill in);
+    0.33's sends them itself, exactly the pack's list (js/safecut.js then adds nothing: no duplicates)."""
+    served = comfy.get("/safecut/search_aliases")
+    assert "rembg" in served[BEN2], served[BEN2]
+    for cid, aliases in served.items():
+        sent = object_info[cid].get("search_aliases")
+        if comfy.version == "0.3.64":
+            assert sent is None, (cid, sent)
+        else:
+            assert sent == aliases, (cid, sent, aliases)
 
 
 # ---- 2. every API workflow runs -------------------------------------------------------------------------------
@@ -403,3 +417,56 @@ def test_comfyui_free_empties_the_safecut_cache(comfy, object_info):
     entry, _ = run_ok(comfy, fast_workflow(images_in(comfy, "free_after")), "fast workflow after /free")
     assert comfy.log_tail(10**9).count("SafeCut: loaded ben2:") == loads + 1
     assert entry["outputs"]["3"]["safecut"][0]["saved"] == len(IMAGES)
+
+
+# ---- 6. ComfyUI's memory pressure reaches SafeCut's GPU models through this ComfyUI's free_memory ----------------
+# Runs in ComfyUI's own Python against its real comfy.model_management, with the pack imported as ComfyUI does
+# (which installs nodes/comfy_hooks.py's wrapper). A CPU box has no GPU, so free memory is faked at 0 bytes and the
+# device is cuda:0 (ComfyUI's own free_memory only compares and looks it up: nothing touches CUDA). The keywords
+# are those 0.33's load_models_gpu passes; on 0.33 pins_required > 0 makes the original call ensure_pin_budget,
+# which shows the wrapper forwarded them.
+FREE_MEMORY_PROBE = r"""
+import importlib, importlib.util, inspect, json, sys, types
+root = sys.argv[1]
+sys.path.insert(0, ".")
+sys.argv = ["main.py", "--cpu"]
+import comfy.options
+comfy.options.enable_args_parsing()
+import torch
+import comfy.model_management as mm
+spec = importlib.util.spec_from_file_location("safecut_pack", root + "/__init__.py", submodule_search_locations=[root])
+pack = importlib.util.module_from_spec(spec)
+sys.modules["safecut_pack"] = pack
+spec.loader.exec_module(pack)
+hooks = sys.modules["safecut_pack.nodes.comfy_hooks"]
+cache_mod = importlib.import_module(hooks.get_cache.__module__)
+params = list(inspect.signature(inspect.unwrap(mm.free_memory)).parameters)
+calls = []
+mm.get_free_memory = lambda dev=None, torch_free_too=False: (0, 0) if torch_free_too else 0
+mm.ensure_pin_budget = lambda size, *a, **k: calls.append(["ensure_pin_budget", size])
+mm.ensure_pin_registerable = lambda size, *a, **k: None
+cache = hooks.get_cache()
+for kind, dev in (("gpu-model", "cuda"), ("cpu-model", "cpu")):
+    cache.get(cache_mod.ModelKey(kind, "/" + kind), lambda dev=dev: types.SimpleNamespace(torch_device=dev),
+              closer=lambda m: None)
+new = {"for_dynamic": False, "pins_required": 7 << 20, "ram_required": 1 << 20}
+kwargs = {k: v for k, v in new.items() if k in params}
+out = mm.free_memory(1 << 30, torch.device("cuda", 0), **kwargs)
+print(json.dumps({"wrapped": bool(getattr(mm.free_memory, "_safecut_wrapped", False)), "params": params,
+                  "kwargs": sorted(kwargs), "returned": type(out).__name__, "calls": calls,
+                  "left": sorted(k.kind for k in cache.keys())}))
+"""
+
+
+def test_comfyui_memory_pressure_unloads_safecut_gpu_models(comfy, tmp_path):
+    env = dict(os.environ, SAFECUT_OFFLINE="1", SAFECUT_MODELS_DIR=str(tmp_path), PYTHONUNBUFFERED="1")
+    proc = subprocess.run([H.comfyui_python(comfy.comfyui), "-c", FREE_MEMORY_PROBE, str(H.ROOT)], cwd=comfy.comfyui,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"ComfyUI {comfy.version} free_memory{tuple(got['params'])}: {got}")
+    assert got["wrapped"] and got["returned"] == "list", got
+    assert got["left"] == ["cpu-model"], f"SafeCut's GPU model survived ComfyUI's memory pressure: {got}"
+    if comfy.version != "0.3.64":  # the keyword arguments 0.33 added reach ComfyUI's own free_memory
+        assert got["kwargs"] == ["for_dynamic", "pins_required", "ram_required"], got
+        assert got["calls"] == [["ensure_pin_budget", 7 << 20]], got

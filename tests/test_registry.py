@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+import comfyui_harness as H
+
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 COMFY = PYPROJECT["tool"]["comfy"]
@@ -61,11 +63,11 @@ def test_requires_comfyui_is_the_comfyui_ci_runs():
     assert m, f"requires-comfyui '{spec}' should be '>=X.Y.Z' (major.minor.patch, as comfy-cli requires)"
     ci = (ROOT / "scripts" / "ci_comfyui.sh").read_text()
     shared = re.search(r"ComfyUI (\d+\.\d+\.\d+)", ci)
-    assert shared and shared.group(1) == m.group(1), "requires-comfyui must be the ComfyUI version CI tests in"
-    comfy_dir = os.environ.get("COMFYUI_DIR")
-    if comfy_dir:  # the real checkout the integration tests run against
-        version = re.search(r'__version__ = "([^"]+)"', Path(comfy_dir, "comfyui_version.py").read_text())
-        assert version and version.group(1) == m.group(1)
+    assert shared and shared.group(1) == m.group(1), "requires-comfyui must be the oldest ComfyUI CI tests in"
+    versions = [H.comfyui_version(d) for d in H.comfyui_dirs()]   # the real checkouts the integration tests use
+    if versions:
+        oldest = min(versions, key=lambda v: tuple(int(x) for x in v.split(".")))
+        assert oldest == m.group(1), (versions, spec)
 
 
 def test_comfyignore_leaves_out_tests_bench_and_screenshots_and_keeps_what_comfyui_loads():

@@ -6,14 +6,15 @@ this repository (the handler is loaded from there at run time, never copied here
     COMFYUI_DIR=/work/comfyui WORKER_COMFYUI_DIR=/tmp/worker-comfyui \\
         .venv/bin/python -m pytest tests/test_worker_handler.py -v
 
-    optional: COMFYUI_PYTHON (default $COMFYUI_DIR/.venv/bin/python, else this Python).
+    optional: COMFYUI_PYTHON (default $COMFYUI_DIR/.venv/bin/python, else this Python); COMFYUI_DIRS instead of
+    COMFYUI_DIR runs every test once per ComfyUI listed (CI: 0.3.64 and 0.33.0; tests/comfyui_harness.py).
 
 The test starts ComfyUI through tests/comfyui_harness.py (--cpu, 127.0.0.1, random port) with a temporary
---base-directory whose custom_nodes/comfyui-safecut links to this repository and whose models/ben2 holds the tiny
-test BEN2, then calls the handler's ``handler(job)`` exactly as RunPod would: upload the images, queue the
-workflow, wait, collect ``ui.images`` from /history and /view. ``runpod`` (only used for S3 uploads and
-serverless.start) and, when websocket-client is not installed, ``websocket`` are replaced by small stand-ins; the
-stand-in WebSocket reports completion by polling /history instead of listening.
+--base-directory whose custom_nodes/comfyui-safecut links to this repository and whose models/ holds the tiny
+test models, then calls the handler's ``handler(job)`` exactly as RunPod would, for each API workflow: upload the
+images, queue the workflow, wait, collect ``ui.images`` from /history and /view. ``runpod`` (only used for S3
+uploads and serverless.start) and, when websocket-client is not installed, ``websocket`` are replaced by small
+stand-ins; the stand-in WebSocket reports completion by polling /history instead of listening.
 """
 from __future__ import annotations
 
@@ -34,13 +35,13 @@ import comfyui_harness as H
 from safecut.app import client
 
 ROOT = str(H.ROOT)
-COMFYUI_DIR = H.comfyui_dir()
 WORKER_DIR = os.environ.get("WORKER_COMFYUI_DIR", "")
 TINY_BEN2 = H.TINY_BEN2
+API_WORKFLOWS = sorted(p.stem for p in (H.ROOT / "api_workflows").glob("*.json"))
 
 pytestmark = [
     pytest.mark.comfyui,
-    pytest.mark.skipif(not (COMFYUI_DIR and WORKER_DIR),
+    pytest.mark.skipif(not (H.comfyui_dirs() and WORKER_DIR),
                        reason="set COMFYUI_DIR (a ComfyUI checkout) and WORKER_COMFYUI_DIR (a checkout of "
                               "runpod-workers/worker-comfyui) to run the handler end-to-end test"),
 ]
@@ -153,19 +154,14 @@ def load_worker_handler():
 
 
 # ---- ComfyUI ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def comfy(tmp_path_factory):
-    """A real ComfyUI with SafeCut and the tiny BEN2 (tests/comfyui_harness.py)."""
-    reason = H.skip_reason()
-    if reason:
-        pytest.skip(reason)
+@pytest.fixture(scope="module", params=H.comfyui_params())
+def comfy(request, tmp_path_factory):
+    """A real ComfyUI with SafeCut and the tiny models (tests/comfyui_harness.py), once per ComfyUI."""
+    H.skip_unless_runnable(request.param)
     base = H.make_base(tmp_path_factory.mktemp("comfy_base"))
-    H.build_tiny_models(base / "models", ben2=True)
-    try:
-        with H.running_comfyui(base) as server:
-            yield server
-    except RuntimeError as exc:  # did not start: one clear failure with the log tail
-        pytest.fail(str(exc))
+    H.build_tiny_models(base / "models", ben2=True, florence=True, gguf_quants=("Q4_K_M", "Q8_0"))
+    with H.serving(base, request.param) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -271,16 +267,18 @@ def test_handler_returns_core_saveimage_output(worker, comfy, tmp_path):
     assert len(files) == 1 and base64.b64decode(files[0]["data"]).startswith(b"\x89PNG")
 
 
-def test_safecut_report_and_png_verdicts_reach_the_result(worker, comfy, tmp_path):
-    wf, source = safecut_fast_workflow()
-    for node in wf.values():  # the test BEN2 instead of the 220 MB release model
-        if node["class_type"] == "SafeCutBEN2RemoveBackground":
-            node["inputs"]["model"] = TINY_BEN2
-            node["inputs"]["provider"] = "CPU"
+@pytest.mark.parametrize("name", API_WORKFLOWS)
+def test_safecut_report_and_png_verdicts_reach_the_result(worker, comfy, tmp_path, name):
+    """Each shipped API workflow, with the tiny models, through the stock handler. Save Cutout's save_unsafe is
+    switched on (the tiny classifier may call both images UNSAFE, and a gated workflow as shipped would then
+    return no PNG): every image comes back as a PNG carrying the verdict its report row has."""
+    wf = H.tiny_api_workflow(H.load_api_workflow(name))
+    for nid in H.nodes_of(wf, "SafeCutSaveCutout"):
+        wf[nid]["inputs"]["save_unsafe"] = True
     images = input_images(tmp_path)
     payload = client.make_payload(wf, images)
-    result = run_handler(worker, payload, "job-safecut")
-    assert "error" not in result, (source, result, comfy.log_tail(3000))
+    result = run_handler(worker, payload, f"job-{name}")
+    assert "error" not in result, (name, result, comfy.log_tail(3000))
     assert not result.get("errors"), result["errors"]
     names = [i["filename"] for i in result["images"]]
     assert any(n.endswith("_report.json") for n in names), names
@@ -295,14 +293,18 @@ def test_safecut_report_and_png_verdicts_reach_the_result(worker, comfy, tmp_pat
                        if n.endswith("_report.json"))
     with open(report_path) as f:
         report = json.load(f)
-    rows = client.report_entries(report)
-    assert sorted(r.get("source") or r.get("file") for r in rows) == ["shot_a.png", "shot_b.png"]
+    rows = {r.get("source") or r.get("file"): r for r in client.report_entries(report)}
+    assert sorted(rows) == ["shot_a.png", "shot_b.png"]
+    gated = bool(H.nodes_of(wf, "SafeCutKeywordGate"))
     for ln in pngs:  # every returned PNG carries its verdict entry in the "safecut" text chunk
         meta, note = client.read_png_verdict(ln.file)
         assert meta is not None, note
-        assert meta.get("source") in ("shot_a.png", "shot_b.png")
+        row = rows[meta.get("source")]
+        assert meta.get("verdict") == row.get("verdict"), (meta, row)
+        assert not gated or meta["verdict"] in ("SAFE", "UNSAFE"), meta
     # the stand-ins used (reported so a run with the real modules can be told apart)
-    print(f"worker handler from {WORKER_DIR}; workflow {source}; stand-ins: {worker._safecut_stubs}")
+    print(f"ComfyUI {comfy.version}; {name}: verdicts {[r.get('verdict') for r in rows.values()]}; worker handler "
+          f"from {WORKER_DIR}; stand-ins: {worker._safecut_stubs}")
 
 
 def test_missing_upload_is_an_error_not_a_silent_success(worker, comfy, tmp_path):

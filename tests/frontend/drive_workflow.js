@@ -73,6 +73,7 @@ async function nodeClip(page, nodeId) {
 
     const wf = JSON.parse(fs.readFileSync(cfg.workflow, "utf8"));
     report.extension_loaded = await page.evaluate(() => typeof window.safecutFormatResult === "function");
+    report.frontend = await page.evaluate(() => window.__COMFYUI_FRONTEND_VERSION__ || null);
     const loaded = await page.evaluate(async ({ wf, widgets }) => {
       const app = window.app;
       const types = [...new Set(wf.nodes.map((n) => n.type))];
@@ -231,9 +232,12 @@ async function nodeClip(page, nodeId) {
         const node = app.graph._nodes.find((n) => String(n.id) === String(id));
         const ds = app.canvas.ds;
         const rect = app.canvas.canvas.getBoundingClientRect();
-        ds.scale = Math.min(1.25, (rect.height - 80) / (node.size[1] + 40));  // the whole node in the shot
+        // the whole node in the shot, its title below the chrome that newer frontends float over the canvas
+        // (1.49: tab bar and "Graph" breadcrumb over its top ~90 px)
+        const top = 140;
+        ds.scale = Math.min(1.25, (rect.height - top - 20) / (node.size[1] + 40));
         ds.offset[0] = -node.pos[0] + 60 / ds.scale;
-        ds.offset[1] = -node.pos[1] + 60 / ds.scale;
+        ds.offset[1] = -node.pos[1] + top / ds.scale;
         app.canvas.setDirty(true, true);
         app.canvas.draw(true, true);
       }, r.id);
