@@ -121,7 +121,9 @@ def main(argv=None) -> int:
                    build=f"{v.get('seconds', 0):.1f} s", now="cached" if v.get("cached") else "built in this run",
                    params=f"{v['params'] / 1e6:.1f} M" if v.get("params") else "",
                    peak_rss=f"{v['peak_mb'] / 1024:.1f} GB" if v.get("peak_mb") else "",
-                   load_at_build=v.get("load_at_build", ""), how=v.get("method", ""))
+                   load_at_build=v.get("load_at_build", ""))
+        if v.get("method"):
+            builds.notes.append(f"{k}: {v['method']}; peak RSS = the building process's own (VmHWM).")
     builds.data = built
     builds.finish(build_seconds)
     _save(out, builds)

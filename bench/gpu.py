@@ -22,7 +22,6 @@ import time
 import numpy as np
 
 from .common import stats
-from .iou import iou
 
 
 def _gpu_memory_mib() -> int:
@@ -117,7 +116,7 @@ def _standin(models: str) -> tuple[str, str]:
 
 
 def check_ben2(models: str, runs: int) -> dict:
-    from safecut.engines import ben2
+    from safecut.engines import ben2, mask_quality
     from safecut.runtime.cache import get_cache
 
     path, built = _standin(models)
@@ -129,7 +128,7 @@ def check_ben2(models: str, runs: int) -> dict:
     a, b = r["last"].masks[0], cpu.masks[0]
     row["cpu_s"] = round(cpu.seconds - cpu.load_seconds, 2)
     row["mask_mean_abs_diff_vs_cpu"] = round(float(np.abs(a - b).mean()), 5)
-    row["mask_iou_vs_cpu"] = round(iou(a, b), 5)
+    row["mask_iou_vs_cpu"] = round(mask_quality.compare_one(b, a)["iou"], 5)
     return row
 
 

@@ -162,7 +162,7 @@ def section_ben2(ctx: Ctx, sec: Section) -> None:
                 peak_rss=f"{p['peak_mb'] / 1024:.2f} GB", vs_plain=f"×{base / p['steady_s']:.2f}",
                 detail=f"{gf:.0f} GFLOP/s{frac}; load {p['load_s']:.1f} s; warm-ups "
                        f"{', '.join(f'{t:.1f}' for t in p['warmup_s'])} s; others took "
-                       f"{p['other_share'] * 100:.0f} % CPU; ran: {p['device']}{extra}")
+                       f"{p['other_share'] * 100:.0f} % CPU" + (f"; ran: {p['device']}" if p["device"] else "") + extra)
     sec.notes.append(f"Image {ctx.size[1]}×{ctx.size[0]} → {size}² (static batch of 1, as the published file). Each "
                      "row: a fresh process; load, first call, warm-ups until two calls agree within 10 % (≥ 2), "
                      f"then {runs} timed call(s); steady = median (min–max) of every call after the first. Peak RSS = that process's VmHWM (ru_maxrss would carry the bench's own peak over exec). GEMM peak: "

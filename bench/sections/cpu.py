@@ -77,11 +77,12 @@ def _auto_runtime(path: str) -> str:
     return rt if rt != "auto" else next(k for k, v in sessions._PLAN.items() if v == plan)
 
 
-def _quality_probe(ctx, sec, path: str, candidates: list[str]) -> None:
-    """The product's quality probe (engines.ben2_precision) for each lower precision: its verdict and its cost."""
+def _quality_probe(ctx, sec, path: str, candidates: list[str]) -> list[dict]:
+    """The product's quality probe (engines.ben2_precision) for each lower precision: its verdict and its cost (the
+    table rows, for after the BEN2 table)."""
     from safecut.engines import ben2
 
-    sec.data["quality_probe"] = {}
+    sec.data["quality_probe"], rows = {}, []
     for precision in candidates:
         ctx.log(f"    cpu: BEN2 quality probe, {precision} ...")
         t0 = time.perf_counter()
@@ -90,11 +91,12 @@ def _quality_probe(ctx, sec, path: str, candidates: list[str]) -> None:
         sec.data["quality_probe"][precision] = dict(v, seconds=cost)
         figures = (f"IoU {v['iou']:.4f}, mean |Δ| {v['mean_abs']:.4f}, edge p95 {v['edge_p95']:.3f}; "
                    if "iou" in v else "")
-        sec.row(table="BEN2 quality probe (what lets auto use a lower precision; random weights here)",
-                what=f"{precision} vs f32 on the {v.get('images')} shipped probe photos",
-                verdict="passed" if v["passed"] else "failed", cost=f"{cost:.0f} s (4 BEN2 calls + 2 loads)",
-                detail=f"{figures}{v.get('why', '')}; ran as {v.get('ran_as')}, "
-                       f"{v.get('s_per_image')} vs f32 {v.get('f32_s_per_image')} s per image")
+        rows.append(dict(table="BEN2 quality probe (what lets auto use a lower precision; random weights here)",
+                         what=f"{precision} vs f32 on the {v.get('images')} shipped probe photos",
+                         verdict="passed" if v["passed"] else "failed", cost=f"{cost:.0f} s (4 BEN2 calls + 2 loads)",
+                         detail=f"{figures}{v.get('why', '')}; ran as {v.get('ran_as')}, "
+                                f"{v.get('s_per_image')} vs f32 {v.get('f32_s_per_image')} s per image"))
+    return rows
 
 
 def _ben2(ctx, sec, cpu, fp32_peak, count_flops) -> None:
@@ -114,7 +116,7 @@ def _ben2(ctx, sec, cpu, fp32_peak, count_flops) -> None:
         res[key] = probe(ctx, "safecut", path, runs, os.path.join(masks, f"{key}.npy"), huge_pages=True,
                          runtime=runtime, one_call=key == "ov-bf16" and emulated)
     candidates = [p for p in ("int8", cpu.ben2_lower_precision()) if p and (p != "int8" or "ov-int8" in res)]
-    _quality_probe(ctx, sec, path, list(dict.fromkeys(candidates)))
+    probe_rows = _quality_probe(ctx, sec, path, list(dict.fromkeys(candidates)))
     auto = _auto_runtime(path)
     ref = np.load(os.path.join(masks, "ort.npy"))
     sec.data["ben2"] = res
@@ -135,6 +137,8 @@ def _ben2(ctx, sec, cpu, fp32_peak, count_flops) -> None:
                 mask_vs_f32=f"mean |Δ| {p['mask_mean_abs_vs_fp32']:.4f}, max {p['mask_max_abs_vs_fp32']:.4f}",
                 detail=f"{gf:.0f} GFLOP/s{' fp32-equivalent' if key == 'ov-int8' else ''} = {gf / fp32_peak * 100:.0f} % "
                        f"of the fp32 GEMM peak; others took {p['other_share'] * 100:.0f} % CPU")
+    for r in probe_rows:
+        sec.row(**r)
 
 
 def _nudenet(ctx, sec) -> None:
@@ -192,8 +196,7 @@ def _florence(ctx, sec, cpu) -> None:
         per = out[dtype]["median"] / B
         what = dtype
         if dtype == "bf16" and emulated:
-            what = (f"bf16 emulated (timed directly with torch, one call; asked of the product, it runs "
-                    f"{product[0]}: {product[1]})")
+            what = f"bf16 emulated (timed directly with torch, one call; asked of the product, {product[0]} runs)"
         sec.row(table=f"Florence-2-base, batch {B}, 3 beams, {T} tokens", what=what + (" ← auto" if
                 cpu.florence_cpu_dtype() == dtype else ""), per_image=f"{per:.2f} s",
                 vs_fp32=(f"×{out['fp32']['median'] / out[dtype]['median']:.2f}; captions equal in {same * 100:.0f} %"
