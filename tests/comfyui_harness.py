@@ -8,8 +8,8 @@ Used by tests/test_comfyui_integration.py, tests/test_frontend.py and tests/test
   there with ``--cpu --listen 127.0.0.1 --port <free> --base-directory <tmp>``: the temporary base holds
   ``custom_nodes/comfyui-safecut`` (a symlink to this repository), ``models/`` with the tiny test models,
   ``input/``, ``output/``, ``user/`` and ``temp/``. Its database lives in memory.
-* Python: each checkout's ``.venv/bin/python`` (with a single ``COMFYUI_DIR``: ``$COMFYUI_PYTHON`` first, and
-  this interpreter when there is no .venv).
+* Python: ``$COMFYUI_PYTHON`` (with a single ``COMFYUI_DIR`` only), else the checkout's ``.venv/bin/python``,
+  else this interpreter.
 * Tiny models (built locally, no network): BEN2 as ``tiny-ben2.onnx`` and Florence-2 as ``tiny-florence``
   (the registry's real names are checksum-verified, so a tiny file under them would be refused), the Llama
   classifier as ``Llama-Guard-3-1B_<quant>.gguf``: an accepted naming variant of the family that is not a
@@ -78,15 +78,14 @@ def comfyui_params() -> list:
 
 def skip_reason(comfyui: str) -> str | None:
     """Why the tests cannot run against this ComfyUI checkout (None when they can)."""
-    d = comfyui
-    if not d:
+    if not comfyui:
         return ("set COMFYUI_DIR to a ComfyUI checkout (e.g. COMFYUI_DIR=/work/comfyui), or COMFYUI_DIRS to several "
                 "(':'-separated), to run the tests against a real ComfyUI")
-    if not os.path.isfile(os.path.join(d, "main.py")):
-        return f"{d} has no main.py: not a ComfyUI checkout"
-    py = comfyui_python(d)
+    if not os.path.isfile(os.path.join(comfyui, "main.py")):
+        return f"{comfyui} has no main.py: not a ComfyUI checkout"
+    py = comfyui_python(comfyui)
     if not (os.path.isfile(py) and os.access(py, os.X_OK)):
-        return f"ComfyUI's Python {py} is not an executable (give {d} a .venv, or set COMFYUI_PYTHON)"
+        return f"ComfyUI's Python {py} is not an executable (give {comfyui} a .venv, or set COMFYUI_PYTHON)"
     return None
 
 
@@ -343,7 +342,6 @@ def running_comfyui(base: Path, comfyui: str, *, env: dict | None = None, extra_
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=15)
-
 
 
 # ---- for the tests' module-scoped ``comfy`` fixtures (params=comfyui_params()) ---------------------------------
