@@ -105,7 +105,8 @@ def onnx_cpu_runtime(engine: str) -> tuple[str, str]:
 
     BEN2 (1024² stand-in, fresh process per run, paired A/B): OpenVINO f32 17.5 vs ORT fp32 21.1 s per image on a
     2-core AVX2 EPYC (2026-12-04), 6.6 vs 9.5 s on a 2-core AMX Xeon, where bf16 took 1.85 s. NudeNet 320n: ORT
-    49 vs OpenVINO 52 ms per image on the AVX2 EPYC, and 4x faster to load: ORT."""
+    49 vs OpenVINO 52 ms per image on the AVX2 EPYC, and 4x faster to load: ORT. NudeNet never runs INT8: through
+    NNCF its trained 320n lost an unsafe detection on a test photo in every setting tried (2026-12-07)."""
     cls = cpu_class()
     if engine == "ben2":   # f32: a lower precision only after the quality probe (ben2_lower_precision)
         if cls in ("AMX", "AVX-512", "AVX2"):
