@@ -320,3 +320,12 @@ def test_llama_build_below_the_cpu_warns_once_and_shows_on_the_node(flags, caplo
     with caplog.at_level(logging.WARNING):
         guard._check_build_isa(llama_cpp)
     assert "AVX-512" not in caplog.text
+
+
+@needs_ov
+def test_int8_without_an_int8_model_runs_f32_and_never_claims_int8(fresh_probe, tiny_ben2_path):
+    """NudeNet has no INT8 model (through NNCF its trained weights lost an unsafe detection): the CLI's one
+    --cpu-runtime 'OpenVINO int8' reaches it too, and it must say f32 ran."""
+    sess, choice = sessions.create_session(tiny_ben2_path, "CPU", engine="nudenet", runtime="OpenVINO int8")
+    assert sess.precision == "f32"
+    assert choice.describe() == "CPU · OpenVINO f32 (int8 asked: no INT8 model for nudenet)"

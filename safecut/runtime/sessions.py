@@ -64,7 +64,10 @@ def create_session(path: str, device: str = "auto", *, engine: str, runtime: str
     note = ""
     if want == "openvino":
         asked, precision = precision, effective_precision(precision)
-        if asked != precision:   # emulated bf16: never run silently (×27 slower for BEN2); f32 runs, and says so
+        if precision == "int8" and not ov_model:   # no INT8 model given: f32 runs, and the label says so
+            providers.warn_once(f"OpenVINO int8 was asked for {engine}, which has no INT8 model: running OpenVINO f32")
+            precision = "f32"
+        if asked == "bf16" != precision:   # emulated bf16: never run silently (×27 slower for BEN2); f32 runs, and says so
             providers.warn_once(f"OpenVINO bf16 was asked for {engine} on a CPU without AVX512-BF16 or AMX "
                                 f"({cpu.describe()}): bf16 is emulated there, {cpu.BF16_EMULATED_BEN2}. Running "
                                 f"OpenVINO f32 instead (what auto runs here)")
@@ -82,7 +85,9 @@ def create_session(path: str, device: str = "auto", *, engine: str, runtime: str
             else:
                 choice = providers.cpu_choice(device, strict)
                 label = "OpenVINO int8" if precision == "int8" else _label(sess.precision)
-                if asked != precision:
+                if asked == "int8" != precision:
+                    label += f" (int8 asked: no INT8 model for {engine})"
+                elif asked != precision:
                     label += f" (bf16 asked: emulated on this CPU, {BF16_EMULATED_SHORT})"
                 elif sess.precision != hint:
                     label += f", {hint} not supported by this CPU"
