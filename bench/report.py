@@ -247,7 +247,12 @@ def render(out: str, meta: dict, *, with_plots: bool = True, previous: str | Non
     rows = [r for r in old_rows if len(r) == 4 and not set(r[0].split(", ")) & set(secs)]
     rows += [[t["section"], t["target"], t["measured"], _met(t)] for t in targets(secs)]
     runs = [_run_line(meta, [k for k in ORDER if k in secs] + sorted(set(secs) - set(ORDER)))]
-    runs += [r for r in old_runs if set(_run_sections(r)) & (set(blocks) - set(secs))]
+    claimed = set(secs)
+    for r in old_runs:   # earlier runs, newest first, each listing just the sections still from it
+        names = [k for k in _run_sections(r) if k in blocks and k not in claimed]
+        claimed.update(names)
+        if names:
+            runs.append(r.replace(f"; sections {', '.join(_run_sections(r))};", f"; sections {', '.join(names)};"))
     L = ["# SafeCut bench results", "",
          "Each section names the run it comes from, with its own date, load and the CPU share other processes took "
          "meanwhile; `python -m bench --only A,B --publish` replaces just those sections.", ""]
