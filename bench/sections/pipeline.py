@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from ..common import Section, quiet_fds, stats
+from ..common import Section, cpu_snapshot, foreign_cpu, quiet_fds, stats
 from .base import ROOT, Ctx, _fs, _quiet_transformers, make_images, page_env
 
 
@@ -128,7 +128,7 @@ def section_pipeline(ctx: Ctx, sec: Section) -> None:
         sec.row(what=f"cpu-full pipeline per image, warm, cpu_runtime {label} (python -m safecut run), {N} images/run",
                 value=_fs(r["per_image"]) if "per_image" in r else r["error"],
                 peak_rss=f"{r['peak_mb'] / 1024:.2f} GB" if "peak_mb" in r else "", ran=_ran(r),
-                detail=f"low-memory: {r.get('low_memory')}; cgroup peak {r['cgroup_peak'] / 2**30:.2f} GiB (its page "
+                detail=f"{_stages(r)}; low-memory: {r.get('low_memory')}; cgroup peak {r['cgroup_peak'] / 2**30:.2f} GiB (its page "
                        f"cache included; model files the bench cached before count in RSS, not here); OOM kills "
                        f"{r['oom_kills']}")
     ctx.shared["pipeline"] = res
@@ -150,18 +150,23 @@ def _ran(r: dict) -> str:
 
 
 def _stages(r: dict) -> str:
-    return ", ".join(f"{k} {v:.2f} s" for k, v in r.get("stage_per_image", {}).items()) + \
-        f"; first run (1 image, loads included) {r.get('first_run_1_image', 0):.1f} s"
+    """Per-image stage times, the first run (loads included) and the CPU share others took meanwhile."""
+    parts = [", ".join(f"{k} {v:.2f} s" for k, v in r.get("stage_per_image", {}).items())]
+    if "first_run_1_image" in r:
+        parts.append(f"first run (1 image, loads included) {r['first_run_1_image']:.1f} s")
+    return "; ".join(filter(None, parts + [f"others took {r.get('other_share', 0) * 100:.0f} % CPU"]))
 
 
 def _probe(label: str, args: dict, preexec=None) -> dict:
+    """One variant in a fresh process; adds the CPU share other processes took meanwhile (the noise of that row)."""
+    snap = cpu_snapshot()
     r = subprocess.run([sys.executable, "-m", "bench.sections.pipeline", json.dumps(args)], capture_output=True,
                        text=True, timeout=3600, cwd=ROOT, env=page_env(True),   # as `python -m safecut run`
                        preexec_fn=preexec)
     line = next((ln for ln in r.stdout.splitlines() if ln.startswith("PROBE ")), None)
     if r.returncode != 0 or line is None:
         raise RuntimeError(f"pipeline {label} failed (exit {r.returncode}): {r.stderr[-1500:]}")
-    return json.loads(line[6:])
+    return dict(json.loads(line[6:]), other_share=foreign_cpu(snap)["other_share"])
 
 
 def _limited(label: str, args: dict, limit: int) -> dict:
