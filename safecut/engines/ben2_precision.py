@@ -30,13 +30,20 @@ RUNTIME_OF = {"bf16": "OpenVINO bf16", "int8": "OpenVINO int8"}
 Runner = Callable[[list, str], tuple[list, float, str]]
 
 
+def load_photos(folder: str, option: str) -> list:
+    """Every image in ``folder`` (float32 HxWx3 0..1, sorted by name); errors name the ``option`` to fix."""
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.lower().endswith(tuple(imaging.IMAGE_EXTENSIONS)))
+    except OSError as exc:
+        raise BadInputError(f"{option} '{folder}' cannot be read ({exc}): name a folder of a few photos") from None
+    if not names:
+        raise BadInputError(f"{option} '{folder}' holds no images: name a folder of a few photos")
+    return [imaging.decode_image(os.path.join(folder, n)).rgb for n in names]
+
+
 def probe_photos(folder: str | None = None) -> list:
     """The probe images: the shipped CC0/public-domain photos, or every image in ``folder``."""
-    folder = folder or os.path.join(PHOTOS, "probe")
-    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(tuple(imaging.IMAGE_EXTENSIONS)))
-    if not names:
-        raise BadInputError(f"no images in '{folder}' to check the precision on: name a folder of a few photos")
-    return [imaging.decode_image(os.path.join(folder, n)).rgb for n in names]
+    return load_photos(folder or os.path.join(PHOTOS, "probe"), "--photos")
 
 
 def verify(model_path: str, precision: str, run: Runner, *, folder: str | None = None,

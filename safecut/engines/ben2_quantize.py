@@ -25,7 +25,7 @@ from ..errors import BadInputError, SafeCutError
 from ..models import modelfiles, quantized_store
 from ..runtime.deps import require
 from ..runtime.lazy import numpy as np
-from . import ben2
+from . import ben2, ben2_precision
 
 log = logging.getLogger("safecut.engines.ben2_quantize")
 
@@ -45,19 +45,10 @@ def _resolve_input(model_name_or_path: str) -> str:
 def calibration_images(folder: str | None = None, views: int = VIEWS_PER_PHOTO, seed: int = 0) -> list:
     """Calibration photos (float32 HxWx3 0..1) and, per photo, its mirror image and ``views - 2`` random crops of
     60-90 % of each side: a few photos then cover more scales and positions of a subject."""
-    from .. import imaging
-
-    folder = folder or CALIBRATION_PHOTOS
-    try:
-        names = sorted(n for n in os.listdir(folder) if n.lower().endswith(tuple(imaging.IMAGE_EXTENSIONS)))
-    except OSError as exc:
-        raise BadInputError(f"--calibration '{folder}' cannot be read ({exc}): name a folder of a few photos") from None
-    if not names:
-        raise BadInputError(f"--calibration '{folder}' holds no images: name a folder of a few photos")
+    photos = ben2_precision.load_photos(folder or CALIBRATION_PHOTOS, "--calibration")
     rng = np.random.default_rng(seed)
     out = []
-    for n in names:
-        im = imaging.decode_image(os.path.join(folder, n)).rgb
+    for im in photos:
         out += [im, np.ascontiguousarray(im[:, ::-1])]
         h, w = im.shape[:2]
         for _ in range(max(0, views - 2)):

@@ -3,11 +3,8 @@ keyed by a model's content (the OpenVINO INT8 cache, the precision probe)."""
 from __future__ import annotations
 
 import hashlib
-import os
-import threading
 
-_memo: dict[tuple[str, int, int], str] = {}
-_memo_lock = threading.Lock()
+from .. import imaging
 
 
 def sha256_file(path: str, chunk: int = 4 << 20) -> str:
@@ -22,13 +19,6 @@ def sha256_file(path: str, chunk: int = 4 << 20) -> str:
 
 
 def file_sha256(path: str) -> str:
-    """sha256 once per (path, mtime, size) per process: a model file is hashed once however often it is checked."""
-    st = os.stat(path)
-    memo = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
-    with _memo_lock:
-        hit = _memo.get(memo)
-    if hit is None:
-        hit = sha256_file(path)
-        with _memo_lock:
-            _memo[memo] = hit
-    return hit
+    """sha256 once per file version per process: the loader's content cache (imaging.file_sha256), so a model file
+    is hashed once however often it is checked."""
+    return imaging.file_sha256(path)[0]

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 
-from .. import userdirs
+from .. import imaging, userdirs
 from ..runtime import cpu, openvino_session
 from .hashing import file_sha256
 
@@ -47,13 +47,9 @@ def get(model_path: str, precision: str) -> dict | None:
 def record(model_path: str, precision: str, passed: bool, why: str, **figures) -> dict:
     verdict = {"passed": passed, "why": why, "model": os.path.basename(model_path), "when": time.strftime("%F %T"),
                **figures}
-    path = _path()
     with _lock:
         data = _read()
         data[key(model_path, precision)] = verdict
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        os.makedirs(os.path.dirname(_path()), exist_ok=True)
+        imaging.write_text_atomic(_path(), json.dumps(data, indent=1, sort_keys=True))
     return verdict
